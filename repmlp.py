@@ -1,0 +1,274 @@
+"""RepMLPNet: Hierarchical Vision MLP with Re-parameterized Locality (Ding et al., arXiv 2112.11081).
+
+The network, its locality injection (the re-parameterization that merges the local perceptron's conv
+branches and the BNs into the channel perceptron's FC), and `build_repmlp(config)`.
+
+Parameter names and shapes are those of the official PyTorch code with Paddle's BN names (`_mean`,
+`_variance`) and Paddle's Linear layout ([in, out]), which is also how PaddleViT's RepMLP saves them, so
+that its released `.pdparams` load unchanged. The channel perceptron `fc3` keeps the official grouped-conv
+weight shape [S*h*w, h*w, 1, 1] but is computed as a batched matrix product over the S share-sets.
+"""
+
+import paddle
+import paddle.nn.functional as F
+from paddle import nn
+
+from config import PATCH_SIZE
+
+GLOBAL_PERCEPTRON_REDUCE = 4  # the global perceptron's hidden width is channels / 4 in every variant
+FFN_EXPAND = 4  # the FFN's hidden width is 4x the stage channels
+
+
+def conv_bn(in_channels, out_channels, kernel_size, stride=1, padding=0, groups=1):
+    """Conv2D without bias followed by BatchNorm2D, as a Sequential with sublayers `conv` and `bn`."""
+    return nn.Sequential(
+        ('conv', nn.Conv2D(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
+                           groups=groups, bias_attr=False)),
+        ('bn', nn.BatchNorm2D(out_channels)))
+
+
+def conv_bn_relu(in_channels, out_channels, kernel_size, stride=1, padding=0):
+    """`conv_bn` followed by ReLU (sublayer `relu`): the stem and the embeddings between stages."""
+    block = conv_bn(in_channels, out_channels, kernel_size, stride=stride, padding=padding)
+    block.add_sublayer('relu', nn.ReLU())
+    return block
+
+
+def bn_scale_shift(bn):
+    """The eval-mode BN as y = x * scale + shift, per channel, in float64 so that fusions lose nothing."""
+    variance = bn._variance.astype('float64')
+    scale = bn.weight.astype('float64') / paddle.sqrt(variance + bn._epsilon)
+    shift = bn.bias.astype('float64') - bn._mean.astype('float64') * scale
+    return scale, shift
+
+
+class GlobalPerceptron(nn.Layer):
+    """Squeeze-and-excitation style channel gate: pool, fc1, ReLU, fc2, sigmoid -> [N, C, 1, 1]."""
+
+    def __init__(self, channels, hidden_channels):
+        super().__init__()
+        self.fc1 = nn.Conv2D(channels, hidden_channels, 1)
+        self.fc2 = nn.Conv2D(hidden_channels, channels, 1)
+
+    def forward(self, x):
+        x = F.adaptive_avg_pool2d(x, 1)
+        x = F.relu(self.fc1(x))
+        return F.sigmoid(self.fc2(x))
+
+
+class PartitionFC(nn.Layer):
+    """The channel perceptron's FC: one h*w x h*w matrix per share-set, applied to every partition.
+
+    The weight is stored as the official grouped 1x1 conv weight [S*h*w, h*w, 1, 1]; viewed as
+    [S, h*w (out), h*w (in)] it is a batch of S matrices, so the FC is one batched matmul, which is far
+    faster than a grouped conv over 1x1 maps.
+    """
+
+    def __init__(self, num_sharesets, area, bias=False):
+        super().__init__()
+        self.num_sharesets = num_sharesets
+        self.area = area
+        size = num_sharesets * area
+        # PyTorch's default for a conv with fan-in h*w: uniform in +-1/sqrt(h*w), weight and bias alike
+        init = nn.initializer.Uniform(-area ** -0.5, area ** -0.5)
+        self.weight = self.create_parameter([size, area, 1, 1], default_initializer=init)
+        self.bias = self.create_parameter([size], is_bias=True, default_initializer=init) if bias else None
+
+    def matrices(self):
+        """The weight as [S, h*w (out), h*w (in)] (a free reshape)."""
+        return self.weight.reshape([self.num_sharesets, self.area, self.area])
+
+    def forward(self, x):
+        # [S, M, h*w] x [S, h*w (in), h*w (out)] -> [S, M, h*w]
+        out = paddle.matmul(x, self.matrices(), transpose_y=True)
+        if self.bias is not None:
+            out = out + self.bias.reshape([self.num_sharesets, 1, self.area])
+        return out
+
+
+class RepMLPBlock(nn.Layer):
+    """Global, channel and local perceptrons over h x w partitions of a [N, C, H, W] map.
+
+    Channel c belongs to share-set c % S (the official grouping), so the C/S channels of a share-set and
+    all partitions of all images share one FC. Training-time form: `fc3` (no bias) + `fc3_bn`, plus the
+    local perceptron `repconv{k}` (depthwise conv + BN per share-set) for each k in `reparam_conv_k`.
+    Deploy form: `fc3` with bias only.
+    """
+
+    def __init__(self, channels, h, w, reparam_conv_k, num_sharesets, deploy=False):
+        super().__init__()
+        self.channels = channels
+        self.h, self.w = h, w
+        self.num_sharesets = num_sharesets
+        self.reparam_conv_k = tuple(reparam_conv_k) if not deploy else ()
+        self.deploy = deploy
+        self.gp = GlobalPerceptron(channels, channels // GLOBAL_PERCEPTRON_REDUCE)
+        self.fc3 = PartitionFC(num_sharesets, h * w, bias=deploy)
+        if not deploy:
+            self.fc3_bn = nn.BatchNorm2D(num_sharesets)
+            for k in self.reparam_conv_k:
+                self.add_sublayer(f'repconv{k}', conv_bn(num_sharesets, num_sharesets, k, padding=k // 2,
+                                                         groups=num_sharesets))
+
+    def forward(self, x):
+        _, channels, height, width = x.shape
+        sets, h, w = self.num_sharesets, self.h, self.w
+        groups, h_parts, w_parts = channels // sets, height // h, width // w
+        gate = self.gp(x)
+        # [N, C, H, W] -> [N, C/S, S, hp, h, wp, w] -> [S, N, C/S, hp, wp, h, w] -> [S, M, h*w]
+        parts = x.reshape([-1, groups, sets, h_parts, h, w_parts, w]).transpose([2, 0, 1, 3, 5, 4, 6])
+        parts = parts.reshape([sets, -1, h * w])
+        out = self.fc3(parts)
+        if not self.deploy:
+            # BN over share-sets: [S, M, h*w] viewed as NCHW [1, S, M, h*w] is the same statistics as official
+            out = self.fc3_bn(out.unsqueeze(0)).squeeze(0)
+            if self.reparam_conv_k:
+                out = out + self._local_perceptron(parts)
+        # [S, M, h*w] -> [S, N, C/S, hp, wp, h, w] -> [N, C/S, S, hp, h, wp, w] -> [N, C, H, W]
+        out = out.reshape([sets, -1, groups, h_parts, w_parts, h, w]).transpose([1, 2, 0, 3, 5, 4, 6])
+        return out.reshape([-1, channels, height, width]) * gate
+
+    def _local_perceptron(self, parts):
+        """Sum of the conv+BN branches on each partition: [S, M, h*w] -> [S, M, h*w]."""
+        sets, h, w = self.num_sharesets, self.h, self.w
+        # Each (share-set, partition) pair is one channel of a depthwise conv whose kernel is its share-set's.
+        images = parts.reshape([1, -1, h, w])  # [1, S*M, h, w]
+        num_parts = images.shape[1] // sets
+        total = 0
+        for k in self.reparam_conv_k:
+            branch = getattr(self, f'repconv{k}')
+            kernel = paddle.repeat_interleave(branch.conv.weight, num_parts, axis=0)  # [S*M, 1, k, k]
+            out = F.conv2d(images, kernel, padding=k // 2, groups=images.shape[1])
+            # [1, S*M, h, w] -> [1, S, M*h, w]: BN statistics per share-set, as official
+            total = total + branch.bn(out.reshape([1, sets, -1, w]))
+        return total.reshape([sets, -1, h * w])
+
+    def equivalent_fc3(self):
+        """(weight [S*h*w, h*w, 1, 1], bias [S*h*w]) of one FC equal to fc3+BN plus all conv branches, in eval mode."""
+        sets, area = self.num_sharesets, self.h * self.w
+        scale, shift = bn_scale_shift(self.fc3_bn)
+        weight = self.fc3.matrices().astype('float64') * scale.reshape([sets, 1, 1])
+        bias = shift.reshape([sets, 1]).expand([sets, area])
+        if self.reparam_conv_k:
+            kernel, conv_bias = self._fused_local_kernel()
+            weight = weight + self._conv_as_matrices(kernel)
+            bias = bias + conv_bias.reshape([sets, 1])
+        return weight.reshape([sets * area, area, 1, 1]), bias.reshape([-1])
+
+    def _fused_local_kernel(self):
+        """All conv branches with their BNs folded in, as one [S, 1, K, K] kernel (K the largest k) and a bias [S]."""
+        largest = max(self.reparam_conv_k)
+        kernel, bias = 0, 0
+        for k in self.reparam_conv_k:
+            branch = getattr(self, f'repconv{k}')
+            scale, shift = bn_scale_shift(branch.bn)
+            pad = (largest - k) // 2
+            folded = branch.conv.weight.astype('float64') * scale.reshape([-1, 1, 1, 1])
+            kernel = kernel + F.pad(folded, [pad, pad, pad, pad])
+            bias = bias + shift
+        return kernel, bias
+
+    def _conv_as_matrices(self, kernel):
+        """The depthwise conv `kernel` [S, 1, K, K] on an h x w partition as matrices [S, h*w (out), h*w (in)]."""
+        sets, h, w = self.num_sharesets, self.h, self.w
+        # Conv of the unit impulse at input pixel i gives column i of the matrix: [h*w (in), S, h, w]
+        impulses = paddle.eye(h * w, dtype=kernel.dtype).reshape([h * w, 1, h, w]).expand([h * w, sets, h, w])
+        responses = F.conv2d(impulses, kernel, padding=kernel.shape[2] // 2, groups=sets)
+        # [h*w (in), S, h*w (out)] -> [S, h*w (out), h*w (in)]
+        return responses.reshape([h * w, sets, h * w]).transpose([1, 2, 0])
+
+    @paddle.no_grad()
+    def local_inject(self):
+        """Replace fc3, fc3_bn and the conv branches by one equivalent fc3 with bias (the deploy form)."""
+        if self.deploy:
+            return
+        weight, bias = self.equivalent_fc3()
+        fc3 = PartitionFC(self.num_sharesets, self.h * self.w, bias=True)
+        fc3.weight.set_value(weight.astype(fc3.weight.dtype))
+        fc3.bias.set_value(bias.astype(fc3.bias.dtype))
+        for k in self.reparam_conv_k:
+            delattr(self, f'repconv{k}')
+        del self.fc3_bn
+        self.fc3 = fc3
+        self.reparam_conv_k = ()
+        self.deploy = True
+
+
+class FFNBlock(nn.Layer):
+    """1x1 conv+BN, GELU, 1x1 conv+BN: the per-pixel feed-forward network."""
+
+    def __init__(self, channels, hidden_channels):
+        super().__init__()
+        self.ffn_fc1 = conv_bn(channels, hidden_channels, 1)
+        self.ffn_fc2 = conv_bn(hidden_channels, channels, 1)
+        self.act = nn.GELU()
+
+    def forward(self, x):
+        return self.ffn_fc2(self.act(self.ffn_fc1(x)))
+
+
+class RepMLPNetUnit(nn.Layer):
+    """Pre-BN residual unit: x + RepMLPBlock(BN(x)), then y + FFN(BN(y))."""
+
+    def __init__(self, channels, h, w, reparam_conv_k, num_sharesets, deploy=False):
+        super().__init__()
+        self.repmlp_block = RepMLPBlock(channels, h, w, reparam_conv_k, num_sharesets, deploy=deploy)
+        self.ffn_block = FFNBlock(channels, channels * FFN_EXPAND)
+        self.prebn1 = nn.BatchNorm2D(channels)
+        self.prebn2 = nn.BatchNorm2D(channels)
+
+    def forward(self, x):
+        x = x + self.repmlp_block(self.prebn1(x))
+        return x + self.ffn_block(self.prebn2(x))
+
+
+class RepMLPNet(nn.Layer):
+    """Four stages of RepMLPNet units, conv embeddings between them, BN, global pooling and a linear head.
+
+    Args:
+        channels, hs, ws, num_blocks, sharesets_nums: one entry per stage (see configs/).
+        reparam_conv_k: kernel sizes of the local perceptron branches.
+        deploy: build the locality-injected form directly.
+    """
+
+    def __init__(self, in_channels=3, num_classes=1000, channels=(96, 192, 384, 768), hs=(56, 28, 14, 7),
+                 ws=(56, 28, 14, 7), num_blocks=(2, 2, 12, 2), reparam_conv_k=(1, 3), sharesets_nums=(1, 4, 32, 128),
+                 deploy=False):
+        super().__init__()
+        self.conv_embedding = conv_bn_relu(in_channels, channels[0], PATCH_SIZE, stride=PATCH_SIZE)
+        self.stages = nn.LayerList([
+            nn.LayerList([RepMLPNetUnit(channels[i], hs[i], ws[i], reparam_conv_k, sharesets_nums[i], deploy)
+                          for _ in range(num_blocks[i])])
+            for i in range(len(num_blocks))])
+        self.embeds = nn.LayerList([
+            conv_bn_relu(channels[i], channels[i + 1], 2, stride=2) for i in range(len(num_blocks) - 1)])
+        self.head_norm = nn.BatchNorm2D(channels[-1])
+        self.head = nn.Linear(channels[-1], num_classes)
+
+    def forward(self, x):
+        x = self.conv_embedding(x)
+        for i, stage in enumerate(self.stages):
+            for unit in stage:
+                x = unit(x)
+            if i < len(self.embeds):
+                x = self.embeds[i](x)
+        x = F.adaptive_avg_pool2d(self.head_norm(x), 1).flatten(1)
+        return self.head(x)
+
+    def locality_injection(self):
+        """Merge every block's local perceptron and BNs into its fc3, in place (the deploy form)."""
+        for layer in self.sublayers():
+            if isinstance(layer, RepMLPBlock):
+                layer.local_inject()
+        return self
+
+
+RepMLP = RepMLPNet  # PaddleViT's name for the same network
+
+
+def build_repmlp(config):
+    """Build the RepMLPNet described by `config.MODEL` (training-time form, or deploy form if MODEL.DEPLOY)."""
+    model = config.MODEL
+    return RepMLPNet(num_classes=model.NUM_CLASSES, channels=model.CHANNELS, hs=model.HEIGHTS, ws=model.WIDTHS,
+                     num_blocks=model.NUM_BLOCKS, reparam_conv_k=model.REPARAM_CONV_K,
+                     sharesets_nums=model.SHARESETS_NUMS, deploy=model.DEPLOY)

@@ -1,0 +1,7 @@
+"""Shared test set-up: run from the repository root's modules, on the CPU."""
+
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
