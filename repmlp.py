@@ -9,6 +9,7 @@ that its released `.pdparams` load unchanged. The channel perceptron `fc3` keeps
 weight shape [S*h*w, h*w, 1, 1] but is computed as a batched matrix product over the S share-sets.
 """
 
+import runtime  # noqa: F401  (before paddle: CPU threads and MKL path)
 import paddle
 import paddle.nn.functional as F
 from paddle import nn
@@ -115,8 +116,8 @@ class RepMLPBlock(nn.Layer):
         sets, h, w = self.num_sharesets, self.h, self.w
         groups, h_parts, w_parts = channels // sets, height // h, width // w
         gate = self.gp(x)
-        # [N, C, H, W] -> [N, C/S, S, hp, h, wp, w] -> [S, N, C/S, hp, wp, h, w] -> [S, M, h*w]
-        parts = x.reshape([-1, groups, sets, h_parts, h, w_parts, w]).transpose([2, 0, 1, 3, 5, 4, 6])
+        # [N, C, H, W] -> [N, C/S, S, hp, h, wp, w] -> [S, N, hp, wp, C/S, h, w] -> [S, M, h*w]
+        parts = x.reshape([-1, groups, sets, h_parts, h, w_parts, w]).transpose([2, 0, 3, 5, 1, 4, 6])
         parts = parts.reshape([sets, -1, h * w])
         out = self.fc3(parts)
         if not self.deploy:
@@ -124,6 +125,9 @@ class RepMLPBlock(nn.Layer):
             out = self.fc3_bn(out.unsqueeze(0)).squeeze(0)
             if self.reparam_conv_k:
                 out = out + self._local_perceptron(parts)
+        # The rows M were gathered in the order (n, hp, wp, C/S) but are put back as if ordered (n, C/S, hp, wp).
+        # This is what the official code does (its reshape back to [-1, hp, wp, S, h, w]); it only matters when a
+        # map has several partitions and C > S, and it is kept so that official weights give official outputs.
         # [S, M, h*w] -> [S, N, C/S, hp, wp, h, w] -> [N, C/S, S, hp, h, wp, w] -> [N, C, H, W]
         out = out.reshape([sets, -1, groups, h_parts, w_parts, h, w]).transpose([1, 2, 0, 3, 5, 4, 6])
         return out.reshape([-1, channels, height, width]) * gate

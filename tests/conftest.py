@@ -5,3 +5,4 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import runtime  # noqa: E402,F401  (before paddle, as the entry points do)

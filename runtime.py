@@ -1,0 +1,35 @@
+"""Process set-up that must happen before paddle is imported: CPU threads, MKL's fast path, a quiet import.
+
+Import this module before paddle (repmlp.py and every entry point do). Values already in the environment win.
+- OMP_NUM_THREADS: all the cores this process may use. Paddle otherwise runs its CPU kernels on one thread.
+- MKL_DEBUG_CPU_TYPE=5 on AMD CPUs: Paddle's MKL picks a slow generic path on non-Intel CPUs; this selects
+  its AVX2 kernels (measured on a 2-core EPYC: 2048^3 SGEMM 40 -> 130 GFLOP/s).
+"""
+
+import contextlib
+import io
+import os
+import warnings
+
+
+def _is_amd_cpu():
+    try:
+        with open('/proc/cpuinfo', encoding='ascii', errors='replace') as cpuinfo:
+            return 'AuthenticAMD' in cpuinfo.read(4096)
+    except OSError:
+        return False
+
+
+def usable_cores():
+    """The number of CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
+
+
+os.environ.setdefault('OMP_NUM_THREADS', str(usable_cores()))
+if _is_amd_cpu():
+    os.environ.setdefault('MKL_DEBUG_CPU_TYPE', '5')
+# paddle's import warns about a missing ccache (a compiler cache for custom C++ ops, unused here) and prints
+# a note to stderr whenever OMP_NUM_THREADS > 1; neither concerns this project's users.
+warnings.filterwarnings('ignore', message='No ccache found')
+with contextlib.redirect_stderr(io.StringIO()):
+    import paddle  # noqa: E402,F401
