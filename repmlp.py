@@ -188,6 +188,7 @@ class RepMLPBlock(nn.Layer):
             return
         weight, bias = self.equivalent_fc3()
         fc3 = PartitionFC(self.num_sharesets, self.h * self.w, bias=True)
+        fc3.to(dtype=self.fc3.weight.dtype)
         fc3.weight.set_value(weight.astype(fc3.weight.dtype))
         fc3.bias.set_value(bias.astype(fc3.bias.dtype))
         for k in self.reparam_conv_k:
