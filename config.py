@@ -40,6 +40,7 @@ _C.MODEL.NUM_BLOCKS = [2, 2, 12, 2]  # RepMLPNet units in each stage
 _C.MODEL.REPARAM_CONV_K = [1, 3]  # kernel sizes of the local perceptron's conv branches (odd)
 _C.MODEL.SHARESETS_NUMS = [1, 4, 32, 128]  # share-sets of the channel perceptron fc3 in each stage
 _C.MODEL.DEPLOY = False  # build the locality-injected form (fc3 with bias, no conv branches)
+_C.MODEL.OFFICIAL_PARTITION_ORDER = False  # True: merge partitions back as the official code does (see README)
 
 MODEL_TYPES = ('RepMLP', 'RepMLPNet')
 PATCH_SIZE = 4  # stride of the stem; each later stage halves the map again

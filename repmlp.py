@@ -94,11 +94,17 @@ class RepMLPBlock(nn.Layer):
     all partitions of all images share one FC. Training-time form: `fc3` (no bias) + `fc3_bn`, plus the
     local perceptron `repconv{k}` (depthwise conv + BN per share-set) for each k in `reparam_conv_k`.
     Deploy form: `fc3` with bias only.
+
+    `official_order` reproduces the official code, which gathers the rows of partitions in the order
+    (image, hp, wp, C/S) but puts them back as if ordered (image, C/S, hp, wp): when a map holds several
+    partitions and C > S, its outputs land on other channels and partitions. At the released variants' native
+    sizes every map is one partition and both orders give the same outputs.
     """
 
-    def __init__(self, channels, h, w, reparam_conv_k, num_sharesets, deploy=False):
+    def __init__(self, channels, h, w, reparam_conv_k, num_sharesets, deploy=False, official_order=False):
         super().__init__()
         self.channels = channels
+        self.official_order = official_order
         self.h, self.w = h, w
         self.num_sharesets = num_sharesets
         self.reparam_conv_k = tuple(reparam_conv_k) if not deploy else ()
@@ -116,8 +122,9 @@ class RepMLPBlock(nn.Layer):
         sets, h, w = self.num_sharesets, self.h, self.w
         groups, h_parts, w_parts = channels // sets, height // h, width // w
         gate = self.gp(x)
-        # [N, C, H, W] -> [N, C/S, S, hp, h, wp, w] -> [S, N, hp, wp, C/S, h, w] -> [S, M, h*w]
-        parts = x.reshape([-1, groups, sets, h_parts, h, w_parts, w]).transpose([2, 0, 3, 5, 1, 4, 6])
+        # [N, C, H, W] -> [N, C/S, S, hp, h, wp, w] -> [S, N, C/S, hp, wp, h, w] -> [S, M, h*w]
+        order = [2, 0, 3, 5, 1, 4, 6] if self.official_order else [2, 0, 1, 3, 5, 4, 6]
+        parts = x.reshape([-1, groups, sets, h_parts, h, w_parts, w]).transpose(order)
         parts = parts.reshape([sets, -1, h * w])
         out = self.fc3(parts)
         if not self.deploy:
@@ -125,9 +132,6 @@ class RepMLPBlock(nn.Layer):
             out = self.fc3_bn(out.unsqueeze(0)).squeeze(0)
             if self.reparam_conv_k:
                 out = out + self._local_perceptron(parts)
-        # The rows M were gathered in the order (n, hp, wp, C/S) but are put back as if ordered (n, C/S, hp, wp).
-        # This is what the official code does (its reshape back to [-1, hp, wp, S, h, w]); it only matters when a
-        # map has several partitions and C > S, and it is kept so that official weights give official outputs.
         # [S, M, h*w] -> [S, N, C/S, hp, wp, h, w] -> [N, C/S, S, hp, h, wp, w] -> [N, C, H, W]
         out = out.reshape([sets, -1, groups, h_parts, w_parts, h, w]).transpose([1, 2, 0, 3, 5, 4, 6])
         return out.reshape([-1, channels, height, width]) * gate
@@ -215,9 +219,9 @@ class FFNBlock(nn.Layer):
 class RepMLPNetUnit(nn.Layer):
     """Pre-BN residual unit: x + RepMLPBlock(BN(x)), then y + FFN(BN(y))."""
 
-    def __init__(self, channels, h, w, reparam_conv_k, num_sharesets, deploy=False):
+    def __init__(self, channels, h, w, reparam_conv_k, num_sharesets, deploy=False, official_order=False):
         super().__init__()
-        self.repmlp_block = RepMLPBlock(channels, h, w, reparam_conv_k, num_sharesets, deploy=deploy)
+        self.repmlp_block = RepMLPBlock(channels, h, w, reparam_conv_k, num_sharesets, deploy, official_order)
         self.ffn_block = FFNBlock(channels, channels * FFN_EXPAND)
         self.prebn1 = nn.BatchNorm2D(channels)
         self.prebn2 = nn.BatchNorm2D(channels)
@@ -234,15 +238,17 @@ class RepMLPNet(nn.Layer):
         channels, hs, ws, num_blocks, sharesets_nums: one entry per stage (see configs/).
         reparam_conv_k: kernel sizes of the local perceptron branches.
         deploy: build the locality-injected form directly.
+        official_partition_order: merge partitions back as the official code does (see RepMLPBlock).
     """
 
     def __init__(self, in_channels=3, num_classes=1000, channels=(96, 192, 384, 768), hs=(56, 28, 14, 7),
                  ws=(56, 28, 14, 7), num_blocks=(2, 2, 12, 2), reparam_conv_k=(1, 3), sharesets_nums=(1, 4, 32, 128),
-                 deploy=False):
+                 deploy=False, official_partition_order=False):
         super().__init__()
         self.conv_embedding = conv_bn_relu(in_channels, channels[0], PATCH_SIZE, stride=PATCH_SIZE)
         self.stages = nn.LayerList([
-            nn.LayerList([RepMLPNetUnit(channels[i], hs[i], ws[i], reparam_conv_k, sharesets_nums[i], deploy)
+            nn.LayerList([RepMLPNetUnit(channels[i], hs[i], ws[i], reparam_conv_k, sharesets_nums[i], deploy,
+                                        official_partition_order)
                           for _ in range(num_blocks[i])])
             for i in range(len(num_blocks))])
         self.embeds = nn.LayerList([
@@ -250,15 +256,37 @@ class RepMLPNet(nn.Layer):
         self.head_norm = nn.BatchNorm2D(channels[-1])
         self.head = nn.Linear(channels[-1], num_classes)
 
-    def forward(self, x):
+    def forward_features(self, x, out_indices=(0, 1, 2, 3)):
+        """Outputs of the stages in `out_indices`, for use as a backbone.
+
+        Stage i gives [N, CHANNELS[i], H / 2**(i+2), W / 2**(i+2)] (strides 4, 8, 16, 32), taken after its last
+        unit and before the next embedding; the same before and after `locality_injection()`.
+        """
+        self._check_input_size(x.shape[2], x.shape[3])
+        features = []
         x = self.conv_embedding(x)
         for i, stage in enumerate(self.stages):
             for unit in stage:
                 x = unit(x)
+            if i in out_indices:
+                features.append(x)
             if i < len(self.embeds):
                 x = self.embeds[i](x)
-        x = F.adaptive_avg_pool2d(self.head_norm(x), 1).flatten(1)
+        return features
+
+    def forward(self, x):
+        x = self.forward_features(x, out_indices=(len(self.stages) - 1,))[0]
+        x = F.adaptive_avg_pool2d(self.head_norm(x), 1).flatten(1)  # [N, C, h, w] -> [N, C]
         return self.head(x)
+
+    def _check_input_size(self, height, width):
+        """Fail with the sizes that work instead of a reshape error deep inside a block."""
+        for i, stage in enumerate(self.stages):
+            block = stage[0].repmlp_block
+            stride = PATCH_SIZE * 2 ** i
+            if height % stride or width % stride or (height // stride) % block.h or (width // stride) % block.w:
+                raise ValueError(f'a {height}x{width} input gives stage {i} a {height / stride:g}x{width / stride:g} '
+                                 f'map, which does not split into {block.h}x{block.w} partitions')
 
     def locality_injection(self):
         """Merge every block's local perceptron and BNs into its fc3, in place (the deploy form)."""
@@ -276,4 +304,5 @@ def build_repmlp(config):
     model = config.MODEL
     return RepMLPNet(num_classes=model.NUM_CLASSES, channels=model.CHANNELS, hs=model.HEIGHTS, ws=model.WIDTHS,
                      num_blocks=model.NUM_BLOCKS, reparam_conv_k=model.REPARAM_CONV_K,
-                     sharesets_nums=model.SHARESETS_NUMS, deploy=model.DEPLOY)
+                     sharesets_nums=model.SHARESETS_NUMS, deploy=model.DEPLOY,
+                     official_partition_order=model.OFFICIAL_PARTITION_ORDER)

@@ -22,14 +22,17 @@ from convert_torch_weights import read_torch_checkpoint  # noqa: E402
 
 
 def fixture_yaml(tmp_path, name):
-    """A config file for the fixture's architecture (its npz stores the official constructor's arguments)."""
+    """A config file for the fixture's architecture (its npz stores the official constructor's arguments).
+
+    The 64x64 inputs give maps of several partitions, where the official merge order shows (see RepMLPBlock).
+    """
     args = json.loads(str(np.load(os.path.join(FIXTURES, f'official_{name}.npz'))['config']))
     path = tmp_path / f'{name}.yaml'
     path.write_text(
         f"DATA:\n  IMAGE_SIZE: 32\nMODEL:\n  NAME: official_{name}\n  NUM_CLASSES: {args['num_class']}\n"
         f"  CHANNELS: {args['channels']}\n  HEIGHTS: {args['hs']}\n  WIDTHS: {args['ws']}\n"
         f"  NUM_BLOCKS: {args['num_blocks']}\n  REPARAM_CONV_K: {args['reparam_conv_k']}\n"
-        f"  SHARESETS_NUMS: {args['sharesets_nums']}\n")
+        f"  SHARESETS_NUMS: {args['sharesets_nums']}\n  OFFICIAL_PARTITION_ORDER: True\n")
     return str(path)
 
 

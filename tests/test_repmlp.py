@@ -72,3 +72,55 @@ def test_training_step_reaches_every_parameter(tmp_path):
     missing = [name for name, p in model.named_parameters()
                if not p.stop_gradient and (p.grad is None or not np.any(p.grad.numpy()))]
     assert not missing
+
+
+@pytest.mark.parametrize('image_size', [32, 64])
+def test_forward_features_shapes_and_strides(tmp_path, image_size):
+    model = build_repmlp(tiny_config(tmp_path))
+    model.eval()
+    images = paddle.randn([2, 3, image_size, image_size])
+    features = model.forward_features(images)
+    expected = [[2, c, image_size // s, image_size // s] for c, s in zip([8, 16, 32, 64], [4, 8, 16, 32])]
+    assert [list(f.shape) for f in features] == expected
+    assert [list(f.shape) for f in model.forward_features(images, out_indices=(1, 3))] == expected[1::2]
+    before = [f.numpy() for f in features]
+    model.locality_injection()
+    for after, reference in zip(model.forward_features(images), before):
+        assert relative_error(after.numpy(), reference) <= 1e-5
+
+
+def test_input_that_does_not_split_is_a_clear_error(tmp_path):
+    model = build_repmlp(tiny_config(tmp_path))
+    with pytest.raises(ValueError, match='does not split into 8x4 partitions'):
+        model(paddle.randn([1, 3, 48, 48]))
+
+
+def square_partition_config(tmp_path, official_order):
+    """The tiny model with square partitions: one partition per map at 32x32, four at 64x64."""
+    config = tiny_config(tmp_path)
+    config.defrost()
+    config.MODEL.WIDTHS = list(config.MODEL.HEIGHTS)
+    config.MODEL.OFFICIAL_PARTITION_ORDER = official_order
+    return config
+
+
+@pytest.mark.parametrize('official_order', [False, True])
+def test_partitions_are_independent_unless_official_order(tmp_path, official_order):
+    """Every layer is non-overlapping, so a 2x2 tiling of an image must give the same logits as the image itself
+    when each partition is processed on its own. The official merge order breaks that once a map has several
+    partitions (and C > S)."""
+    model = build_repmlp(square_partition_config(tmp_path, official_order))
+    randomize_batchnorms(model, paddle.randn([4, 3, 32, 32]))
+    images = paddle.randn([2, 3, 32, 32])
+    error = relative_error(forward(model, paddle.tile(images, [1, 1, 2, 2])), forward(model, images))
+    assert (error > 1e-2) if official_order else (error <= 1e-5)
+
+
+def test_orders_agree_when_every_map_is_one_partition(tmp_path):
+    official = build_repmlp(square_partition_config(tmp_path, True))
+    randomize_batchnorms(official, paddle.randn([4, 3, 32, 32]))
+    spatial = build_repmlp(square_partition_config(tmp_path, False))
+    spatial.set_state_dict(official.state_dict())
+    spatial.eval()
+    images = paddle.randn([2, 3, 32, 32])
+    assert relative_error(forward(spatial, images), forward(official, images)) <= 1e-6
