@@ -11,6 +11,8 @@ weight shape [S*h*w, h*w, 1, 1] but is computed as a batched matrix product over
 
 import math
 
+import numpy as np
+
 import runtime  # noqa: F401  (before paddle: CPU threads and MKL path)
 import paddle
 import paddle.nn.functional as F
@@ -37,11 +39,10 @@ def conv_bn_relu(in_channels, out_channels, kernel_size, stride=1, padding=0):
     return block
 
 
-def bn_scale_shift(bn):
-    """The eval-mode BN as y = x * scale + shift, per channel, in float64 so that fusions lose nothing."""
-    variance = bn._variance.astype('float64')
-    scale = bn.weight.astype('float64') / paddle.sqrt(variance + bn._epsilon)
-    shift = bn.bias.astype('float64') - bn._mean.astype('float64') * scale
+def bn_scale_shift(bn, dtype='float64'):
+    """The eval-mode BN as y = x * scale + shift, per channel; float64 by default so that fusions lose nothing."""
+    scale = bn.weight.astype(dtype) / paddle.sqrt(bn._variance.astype(dtype) + bn._epsilon)
+    shift = bn.bias.astype(dtype) - bn._mean.astype(dtype) * scale
     return scale, shift
 
 
@@ -82,11 +83,11 @@ class GlobalPerceptron(nn.Layer):
 
 
 class PartitionFC(nn.Layer):
-    """The channel perceptron's FC: one h*w x h*w matrix per share-set, applied to every partition.
+    """The channel perceptron's FC weights: one h*w x h*w matrix per share-set, applied to every partition.
 
     The weight is stored as the official grouped 1x1 conv weight [S*h*w, h*w, 1, 1]; viewed as
-    [S, h*w (out), h*w (in)] it is a batch of S matrices, so the FC is one batched matmul, which is far
-    faster than a grouped conv over 1x1 maps.
+    [S, h*w (out), h*w (in)] it is a batch of S matrices, and RepMLPBlock applies it as one batched matmul,
+    which is far faster than a grouped conv over 1x1 maps.
     """
 
     def __init__(self, num_sharesets, area, bias=False):
@@ -103,26 +104,6 @@ class PartitionFC(nn.Layer):
         """The weight as [S, h*w (out), h*w (in)] (a free reshape)."""
         return self.weight.reshape([self.num_sharesets, self.area, self.area])
 
-    @property
-    def takes_columns(self):
-        """True when forward wants partitions as columns [S, h*w, M] rather than rows [S, M, h*w].
-
-        Paddle's CPU add is fast when the bias broadcasts along the last axis ([S, h*w, 1]) and 5-20x slower
-        along a middle one ([S, 1, h*w]): with a bias and several share-sets, columns are cheaper. One share-set
-        with rows is a plain 2-D product whose bias add is fast too, and needs no transpose of the input.
-        """
-        return self.bias is not None and self.num_sharesets > 1
-
-    def forward(self, x):
-        if self.takes_columns:
-            # [S, h*w (out), h*w (in)] x [S, h*w (in), M] -> [S, h*w (out), M]
-            return paddle.matmul(self.matrices(), x) + self.bias.reshape([self.num_sharesets, self.area, 1])
-        # [S, M, h*w (in)] x [S, h*w (out), h*w (in)]^T -> [S, M, h*w (out)]
-        out = paddle.matmul(x, self.matrices(), transpose_y=True)
-        if self.bias is not None:  # one share-set: add the bias to the 2-D [M, h*w]
-            out = (out.reshape([-1, self.area]) + self.bias).reshape([1, -1, self.area])
-        return out
-
 
 class RepMLPBlock(nn.Layer):
     """Global, channel and local perceptrons over h x w partitions of a [N, C, H, W] map.
@@ -130,7 +111,7 @@ class RepMLPBlock(nn.Layer):
     Channel c belongs to share-set c % S (the official grouping), so the C/S channels of a share-set and
     all partitions of all images share one FC. Training-time form: `fc3` (no bias) + `fc3_bn`, plus the
     local perceptron `repconv{k}` (depthwise conv + BN per share-set) for each k in `reparam_conv_k`.
-    Deploy form: `fc3` with bias only.
+    Deploy form: `fc3` with bias only. In eval mode both forms apply one FC with bias (see `_inference_fc3`).
 
     `official_order` reproduces the official code, which gathers the rows of partitions in the order
     (image, hp, wp, C/S) but puts them back as if ordered (image, C/S, hp, wp): when a map holds several
@@ -146,6 +127,7 @@ class RepMLPBlock(nn.Layer):
         self.num_sharesets = num_sharesets
         self.reparam_conv_k = tuple(reparam_conv_k) if not deploy else ()
         self.deploy = deploy
+        self._conv_index_cache = {}
         self.gp = GlobalPerceptron(channels, channels // GLOBAL_PERCEPTRON_REDUCE)
         self.fc3 = PartitionFC(num_sharesets, h * w, bias=deploy)
         if not deploy:
@@ -163,24 +145,39 @@ class RepMLPBlock(nn.Layer):
         # gather order (n, hp, wp, C/S). Either way they are put back as (n, C/S, hp, wp) (see the docstring).
         view = [-1, groups, sets, h_parts, h, w_parts, w]
         rows = [0, 3, 5, 1] if self.official_order else [0, 1, 3, 5]
-        if self.fc3.takes_columns:
+        merged_rows = [sets, -1, groups, h_parts, w_parts, h, w]
+        if self.training and not self.deploy:
+            # [N, C/S, S, hp, h, wp, w] -> [S, M, h, w] -> [S, M, h*w]
+            parts = permute(x, view, [2] + rows + [4, 6]).reshape([sets, -1, h * w])
+            out = self._training_branches(parts)
+            # [S, N, C/S, hp, wp, h, w] -> [N, C/S, S, hp, h, wp, w]
+            out = permute(out, merged_rows, [1, 2, 0, 3, 5, 4, 6])
+        elif sets > 1:
+            matrices, bias = self._inference_fc3()
+            # Columns, so that the bias broadcasts along the last axis: Paddle's CPU add is 5-20x slower when
+            # it broadcasts along a middle one ([S, 1, h*w]).
             # [N, C/S, S, hp, h, wp, w] -> [S, h, w, M] -> [S, h*w, M]
             parts = permute(x, view, [2, 4, 6] + rows).reshape([sets, h * w, -1])
-            out = self.fc3(parts)
+            out = paddle.matmul(matrices, parts) + bias.unsqueeze(-1)
             # [S, h, w, N, C/S, hp, wp] -> [N, C/S, S, hp, h, wp, w]
             out = permute(out, [sets, h, w, -1, groups, h_parts, w_parts], [3, 4, 0, 5, 1, 6, 2])
         else:
-            # [N, C/S, S, hp, h, wp, w] -> [S, M, h, w] -> [S, M, h*w]
-            parts = permute(x, view, [2] + rows + [4, 6]).reshape([sets, -1, h * w])
-            out = self.fc3(parts)
-            if not self.deploy:
-                # BN over share-sets: [S, M, h*w] as NCHW [1, S, M, h*w] has the official statistics
-                out = self.fc3_bn(out.unsqueeze(0)).squeeze(0)
-                if self.reparam_conv_k:
-                    out = out + self._local_perceptron(parts)
-            # [S, N, C/S, hp, wp, h, w] -> [N, C/S, S, hp, h, wp, w]
-            out = permute(out, [sets, -1, groups, h_parts, w_parts, h, w], [1, 2, 0, 3, 5, 4, 6])
+            matrices, bias = self._inference_fc3()
+            # One share-set: a plain 2-D product on rows, whose bias add is fast and needs no transpose.
+            # [N, C, hp, h, wp, w] -> [M, h*w]
+            parts = permute(x, view, [2] + rows + [4, 6]).reshape([-1, h * w])
+            out = paddle.matmul(parts, matrices[0], transpose_y=True) + bias[0]
+            out = permute(out, merged_rows, [1, 2, 0, 3, 5, 4, 6])
         return out.reshape([-1, channels, height, width]) * gate
+
+    def _training_branches(self, parts):
+        """fc3, its BN and the local perceptron as separate branches with batch statistics: [S, M, h*w] -> same."""
+        out = paddle.matmul(parts, self.fc3.matrices(), transpose_y=True)
+        # BN over share-sets: [S, M, h*w] as NCHW [1, S, M, h*w] has the official statistics
+        out = self.fc3_bn(out.unsqueeze(0)).squeeze(0)
+        if self.reparam_conv_k:
+            out = out + self._local_perceptron(parts)
+        return out
 
     def _local_perceptron(self, parts):
         """Sum of the conv+BN branches on each partition: [S, M, h*w] -> [S, M, h*w]."""
@@ -188,59 +185,85 @@ class RepMLPBlock(nn.Layer):
         # Each (share-set, partition) pair is one channel of a depthwise conv whose kernel is its share-set's.
         images = parts.reshape([1, -1, h, w])  # [1, S*M, h, w]
         num_parts = images.shape[1] // sets
-        total = 0
+        outputs = []
         for k in self.reparam_conv_k:
             branch = getattr(self, f'repconv{k}')
             kernel = paddle.repeat_interleave(branch.conv.weight, num_parts, axis=0)  # [S*M, 1, k, k]
             out = F.conv2d(images, kernel, padding=k // 2, groups=images.shape[1])
             # [1, S*M, h, w] -> [1, S, M*h, w]: BN statistics per share-set, as official
-            total = total + branch.bn(out.reshape([1, sets, -1, w]))
-        return total.reshape([sets, -1, h * w])
+            outputs.append(branch.bn(out.reshape([1, sets, -1, w])))
+        return paddle.add_n(outputs).reshape([sets, -1, h * w])
 
-    def equivalent_fc3(self):
-        """(weight [S*h*w, h*w, 1, 1], bias [S*h*w]) of one FC equal to fc3+BN plus all conv branches, in eval mode."""
+    def _inference_fc3(self):
+        """(matrices [S, h*w, h*w], bias [S, h*w]) of the FC that the block applies in eval mode.
+
+        The training-time form computes its fused FC on the fly, in float32: the same function as its branches
+        with running statistics, at the cost of one product instead of a product and depthwise convs.
+        """
+        if self.deploy:
+            return self.fc3.matrices(), self.fc3.bias.reshape([self.num_sharesets, -1])
+        return self.fused_fc3(self.fc3.weight.dtype)
+
+    def fused_fc3(self, dtype):
+        """(matrices [S, h*w (out), h*w (in)], bias [S, h*w]) of one FC equal, in eval mode, to fc3 and its BN plus
+        every conv branch with its BN; computed in `dtype`."""
         sets, area = self.num_sharesets, self.h * self.w
-        scale, shift = bn_scale_shift(self.fc3_bn)
-        weight = self.fc3.matrices().astype('float64') * scale.reshape([sets, 1, 1])
+        scale, shift = bn_scale_shift(self.fc3_bn, dtype)
+        matrices = self.fc3.matrices().astype(dtype) * scale.reshape([sets, 1, 1])
         bias = shift.reshape([sets, 1]).expand([sets, area])
         if self.reparam_conv_k:
-            kernel, conv_bias = self._fused_local_kernel()
-            weight = weight + self._conv_as_matrices(kernel)
+            kernel, conv_bias = self._fused_local_kernel(dtype)
+            taps, positions = self._conv_matrix_index(kernel.shape[-1])
+            # each tap of a share-set's kernel lands on the (out, in) pixel pairs it connects
+            values = paddle.index_select(kernel.reshape([sets, -1]), taps, axis=1)  # [S, T]
+            matrices = paddle.index_add(matrices.reshape([sets, -1]), positions, 1, values)
+            matrices = matrices.reshape([sets, area, area])
             bias = bias + conv_bias.reshape([sets, 1])
-        return weight.reshape([sets * area, area, 1, 1]), bias.reshape([-1])
+        return matrices, bias
 
-    def _fused_local_kernel(self):
+    def _fused_local_kernel(self, dtype):
         """All conv branches with their BNs folded in, as one [S, 1, K, K] kernel (K the largest k) and a bias [S]."""
         largest = max(self.reparam_conv_k)
-        kernel, bias = 0, 0
+        kernels, biases = [], []
         for k in self.reparam_conv_k:
             branch = getattr(self, f'repconv{k}')
-            scale, shift = bn_scale_shift(branch.bn)
+            scale, shift = bn_scale_shift(branch.bn, dtype)
             pad = (largest - k) // 2
-            folded = branch.conv.weight.astype('float64') * scale.reshape([-1, 1, 1, 1])
-            kernel = kernel + F.pad(folded, [pad, pad, pad, pad])
-            bias = bias + shift
-        return kernel, bias
+            folded = branch.conv.weight.astype(dtype) * scale.reshape([-1, 1, 1, 1])
+            kernels.append(F.pad(folded, [pad, pad, pad, pad]))
+            biases.append(shift)
+        return paddle.add_n(kernels), paddle.add_n(biases)
 
-    def _conv_as_matrices(self, kernel):
-        """The depthwise conv `kernel` [S, 1, K, K] on an h x w partition as matrices [S, h*w (out), h*w (in)]."""
-        sets, h, w = self.num_sharesets, self.h, self.w
-        # Conv of the unit impulse at input pixel i gives column i of the matrix: [h*w (in), S, h, w]
-        impulses = paddle.eye(h * w, dtype=kernel.dtype).reshape([h * w, 1, h, w]).expand([h * w, sets, h, w])
-        responses = F.conv2d(impulses, kernel, padding=kernel.shape[2] // 2, groups=sets)
-        # [h*w (in), S, h*w (out)] -> [S, h*w (out), h*w (in)]
-        return responses.reshape([h * w, sets, h * w]).transpose([1, 2, 0])
+    def _conv_matrix_index(self, size):
+        """For a `size` x `size` conv (zero padding `size // 2`) on an h x w partition: the kernel tap [T] and the
+        flat matrix position out * h*w + in [T] of every (output pixel, input pixel) pair it connects.
+
+        Depends only on the shapes, so it is computed once per kernel size and kept.
+        """
+        if size not in self._conv_index_cache:
+            h, w, pad = self.h, self.w, size // 2
+            out_y, out_x = np.meshgrid(np.arange(h), np.arange(w), indexing='ij')
+            taps, positions = [], []
+            for tap, (dy, dx) in enumerate(np.ndindex(size, size)):
+                in_y, in_x = out_y + dy - pad, out_x + dx - pad
+                inside = (in_y >= 0) & (in_y < h) & (in_x >= 0) & (in_x < w)
+                out_index, in_index = (out_y * w + out_x)[inside], (in_y * w + in_x)[inside]
+                taps.append(np.full(out_index.size, tap))
+                positions.append(out_index * h * w + in_index)
+            self._conv_index_cache[size] = (paddle.to_tensor(np.concatenate(taps)),
+                                            paddle.to_tensor(np.concatenate(positions)))
+        return self._conv_index_cache[size]
 
     @paddle.no_grad()
     def local_inject(self):
         """Replace fc3, fc3_bn and the conv branches by one equivalent fc3 with bias (the deploy form)."""
         if self.deploy:
             return
-        weight, bias = self.equivalent_fc3()
+        matrices, bias = self.fused_fc3('float64')
         fc3 = PartitionFC(self.num_sharesets, self.h * self.w, bias=True)
         fc3.to(dtype=self.fc3.weight.dtype)
-        fc3.weight.set_value(weight.astype(fc3.weight.dtype))
-        fc3.bias.set_value(bias.astype(fc3.bias.dtype))
+        fc3.weight.set_value(matrices.reshape(fc3.weight.shape).astype(fc3.weight.dtype))
+        fc3.bias.set_value(bias.reshape([-1]).astype(fc3.bias.dtype))
         for k in self.reparam_conv_k:
             delattr(self, f'repconv{k}')
         del self.fc3_bn

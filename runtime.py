@@ -4,9 +4,14 @@ Import this module before paddle (repmlp.py and every entry point do). Values al
 - OMP_NUM_THREADS: all the cores this process may use. Paddle otherwise runs its CPU kernels on one thread.
 - MKL_DEBUG_CPU_TYPE=5 on AMD CPUs: Paddle's MKL picks a slow generic path on non-Intel CPUs; this selects
   its AVX2 kernels (measured on a 2-core EPYC: 2048^3 SGEMM 40 -> 130 GFLOP/s).
+- glibc keeps freed memory for reuse (mallopt), unless MALLOC_MMAP_THRESHOLD_ is set: by default every block
+  above a few MB is a fresh mmap, and the page faults of touching it cost more than the op that fills it
+  (copying a 39 MB tensor: 19.6 ms, 2.8 ms with reuse; B224 deploy inference 9.8 -> 11.6 images/s).
 """
 
 import contextlib
+import ctypes
+import ctypes.util
 import io
 import os
 import warnings
@@ -25,7 +30,22 @@ def usable_cores():
     return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
 
 
+def _reuse_freed_memory():
+    """Ask glibc to serve large blocks from its heap and not to give freed memory back to the OS."""
+    name = ctypes.util.find_library('c')
+    if 'MALLOC_MMAP_THRESHOLD_' in os.environ or not name or 'libc' not in name:
+        return
+    libc = ctypes.CDLL(name)
+    if not hasattr(libc, 'mallopt'):  # not glibc
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    if not libc.mallopt(m_mmap_threshold, 2 ** 31 - 1):  # older glibc cap the threshold at 32 MiB
+        libc.mallopt(m_mmap_threshold, 32 * 2 ** 20)
+    libc.mallopt(m_trim_threshold, 2 ** 31 - 1)
+
+
 os.environ.setdefault('OMP_NUM_THREADS', str(usable_cores()))
+_reuse_freed_memory()
 if _is_amd_cpu():
     os.environ.setdefault('MKL_DEBUG_CPU_TYPE', '5')
 # paddle's import warns about a missing ccache (a compiler cache for custom C++ ops, unused here) and prints

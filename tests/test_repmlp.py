@@ -10,7 +10,7 @@ import pytest
 
 from config import get_config
 from helpers import randomize_batchnorms, relative_error, tiny_config
-from repmlp import PartitionFC, RepMLP, RepMLPNet, build_repmlp
+from repmlp import RepMLP, RepMLPBlock, RepMLPNet, build_repmlp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', 'repmlp_*.yaml')))
@@ -54,20 +54,23 @@ def test_tiny_injection_exact_with_several_partitions(tmp_path, image_size):
     assert relative_error(forward(model.locality_injection(), images), before) <= 1e-5
 
 
-@pytest.mark.parametrize('bias', [False, True])
-@pytest.mark.parametrize('sets, area', [(1, 16), (4, 9)])
-def test_partition_fc_equals_grouped_conv(sets, area, bias):
-    layer = PartitionFC(sets, area, bias=bias)
-    rows = paddle.randn([sets, 5, area])
-    # the official computation: each row of S*h*w values is a 1x1 map of S*h*w channels, conv with groups=S
-    as_channels = rows.transpose([1, 0, 2]).reshape([5, sets * area, 1, 1])
-    expected = F.conv2d(as_channels, layer.weight, layer.bias, groups=sets).reshape([5, sets, area])
-    expected = expected.transpose([1, 0, 2]).numpy()
-    if layer.takes_columns:
-        output = layer(rows.transpose([0, 2, 1])).transpose([0, 2, 1])
-    else:
-        output = layer(rows)
-    assert relative_error(output.numpy(), expected) <= 1e-6
+@pytest.mark.parametrize('sets, channels', [(1, 4), (2, 4), (4, 8)])
+@pytest.mark.parametrize('training', [True, False])
+def test_block_equals_official_grouped_conv_computation(sets, channels, training):
+    """The block's fc3 as a batched matmul, BN and conv branches against the official layout: partitions as 1x1
+    maps of S*h*w channels through a conv with groups=S, conv branches on [M, S, h, w]; 2x3 partitions of 3x2."""
+    block = RepMLPBlock(channels, 3, 2, (1, 3), sets, official_order=True)
+    randomize_batchnorms(block, paddle.randn([4, channels, 6, 6]))
+    block.train() if training else block.eval()
+    x = paddle.randn([4, channels, 6, 6])
+    parts = x.reshape([4, channels, 2, 3, 3, 2]).transpose([0, 2, 4, 1, 3, 5])  # [N, hp, wp, C, h, w]
+    fc3 = F.conv2d(parts.reshape([-1, sets * 6, 1, 1]), block.fc3.weight, groups=sets).reshape([-1, sets, 3, 2])
+    convs = [getattr(block, f'repconv{k}') for k in (1, 3)]
+    local = paddle.add_n([branch(parts.reshape([-1, sets, 3, 2])) for branch in convs])
+    # the official merge: rows taken as (N*C/S, hp, wp), whatever order they were gathered in
+    out = (block.fc3_bn(fc3) + local).reshape([-1, 2, 3, sets, 3, 2]).transpose([0, 3, 1, 4, 2, 5])
+    expected = out.reshape([4, channels, 6, 6]) * block.gp(x)
+    assert relative_error(block(x).numpy(), expected.numpy()) <= 1e-5
 
 
 def test_training_step_reaches_every_parameter(tmp_path):
