@@ -54,23 +54,37 @@ def test_tiny_injection_exact_with_several_partitions(tmp_path, image_size):
     assert relative_error(forward(model.locality_injection(), images), before) <= 1e-5
 
 
+@pytest.mark.parametrize('h, w', [(3, 2), (21, 20)], ids=['small-partitions', 'large-partitions'])
 @pytest.mark.parametrize('sets, channels', [(1, 4), (2, 4), (4, 8)])
 @pytest.mark.parametrize('training', [True, False])
-def test_block_equals_official_grouped_conv_computation(sets, channels, training):
-    """The block's fc3 as a batched matmul, BN and conv branches against the official layout: partitions as 1x1
-    maps of S*h*w channels through a conv with groups=S, conv branches on [M, S, h, w]; 2x3 partitions of 3x2."""
-    block = RepMLPBlock(channels, 3, 2, (1, 3), sets, official_order=True)
-    randomize_batchnorms(block, paddle.randn([4, channels, 6, 6]))
+def test_block_equals_official_grouped_conv_computation(sets, channels, training, h, w):
+    """The block against the official layout, written out here: 2x3 partitions as 1x1 maps of S*h*w channels
+    through a conv with groups=S, conv branches on [M, S, h, w]. Small partitions run the local convs as
+    products, large ones as depthwise convs; eval mode runs the fused FC."""
+    block = RepMLPBlock(channels, h, w, (1, 3), sets, official_order=True)
+    randomize_batchnorms(block, paddle.randn([4, channels, 2 * h, 3 * w]))
     block.train() if training else block.eval()
-    x = paddle.randn([4, channels, 6, 6])
-    parts = x.reshape([4, channels, 2, 3, 3, 2]).transpose([0, 2, 4, 1, 3, 5])  # [N, hp, wp, C, h, w]
-    fc3 = F.conv2d(parts.reshape([-1, sets * 6, 1, 1]), block.fc3.weight, groups=sets).reshape([-1, sets, 3, 2])
+    x = paddle.randn([4, channels, 2 * h, 3 * w])
+    parts = x.reshape([4, channels, 2, h, 3, w]).transpose([0, 2, 4, 1, 3, 5])  # [N, hp, wp, C, h, w]
+    fc3 = F.conv2d(parts.reshape([-1, sets * h * w, 1, 1]), block.fc3.weight, groups=sets)
     convs = [getattr(block, f'repconv{k}') for k in (1, 3)]
-    local = paddle.add_n([branch(parts.reshape([-1, sets, 3, 2])) for branch in convs])
+    local = paddle.add_n([branch(parts.reshape([-1, sets, h, w])) for branch in convs])
+    out = block.fc3_bn(fc3.reshape([-1, sets, h, w])) + local
     # the official merge: rows taken as (N*C/S, hp, wp), whatever order they were gathered in
-    out = (block.fc3_bn(fc3) + local).reshape([-1, 2, 3, sets, 3, 2]).transpose([0, 3, 1, 4, 2, 5])
-    expected = out.reshape([4, channels, 6, 6]) * block.gp(x)
-    assert relative_error(block(x).numpy(), expected.numpy()) <= 1e-5
+    out = out.reshape([-1, 2, 3, sets, h, w]).transpose([0, 3, 1, 4, 2, 5])
+    expected = out.reshape([4, channels, 2 * h, 3 * w]) * block.gp(x)
+    output = block(x)
+    assert relative_error(output.numpy(), expected.numpy()) <= 1e-5
+    # the gradients of every parameter agree too (the local convs' matrices are built by a scatter)
+    weights = paddle.randn(expected.shape)
+    params = [p for p in block.parameters() if not p.stop_gradient]
+    grads = paddle.grad([(output * weights).sum()], params)
+    expected_grads = paddle.grad([(expected * weights).sum()], params)
+    # relative to the largest gradient: a conv branch's weight gradient is ~0 (train-mode BN after it cancels its
+    # scale), so its own relative error is noise
+    largest = max(float(g.abs().max()) for g in expected_grads)
+    for param, grad, expected_grad in zip(params, grads, expected_grads):
+        assert float((grad - expected_grad).abs().max()) <= 1e-4 * largest, param.name
 
 
 def test_training_step_reaches_every_parameter(tmp_path):
