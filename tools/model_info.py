@@ -21,7 +21,7 @@ import paddle  # noqa: E402
 from paddle import nn  # noqa: E402
 
 from config import build_arg_parser, get_config, update_config  # noqa: E402
-from repmlp import PartitionFC, RepMLPBlock, build_repmlp  # noqa: E402
+from repmlp import RepMLPBlock, build_repmlp  # noqa: E402
 from utils import run_cli  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,17 +36,13 @@ def _linear_macs(layer, inputs, output):
     return int(np.prod(output.shape)) * layer.weight.shape[0]
 
 
-def _partition_fc_macs(layer, inputs, output):
-    return int(np.prod(output.shape)) * layer.area  # [S, M, h*w], each output sums h*w products
+def _repmlp_block_macs(layer, inputs, output):
+    # fc3: each output element sums h*w products; each local k x k depthwise branch, k*k products
+    # (counted as the convs they are, whatever form the implementation computes them in)
+    return int(np.prod(inputs[0].shape)) * (layer.h * layer.w + sum(k * k for k in layer.reparam_conv_k))
 
 
-def _local_perceptron_macs(layer, inputs, output):
-    # each depthwise k x k branch costs k*k products per element of the block's input
-    return int(np.prod(inputs[0].shape)) * sum(k * k for k in layer.reparam_conv_k)
-
-
-MAC_COUNTERS = {nn.Conv2D: _conv_macs, nn.Linear: _linear_macs, PartitionFC: _partition_fc_macs,
-                RepMLPBlock: _local_perceptron_macs}
+MAC_COUNTERS = {nn.Conv2D: _conv_macs, nn.Linear: _linear_macs, RepMLPBlock: _repmlp_block_macs}
 
 
 def count_macs(model, image_size):
