@@ -25,6 +25,9 @@ def usable_cores():
     return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
 
 
+# Whether the user chose the thread count: a launcher that starts several processes on this machine must then
+# leave it alone, and otherwise split the cores between them (main_multi_gpu.py).
+THREADS_SET_BY_USER = 'OMP_NUM_THREADS' in os.environ
 os.environ.setdefault('OMP_NUM_THREADS', str(usable_cores()))
 if _is_amd_cpu():
     os.environ.setdefault('MKL_DEBUG_CPU_TYPE', '5')
