@@ -27,7 +27,30 @@ _C.BASE = ['']  # yaml files merged before this one, relative to it
 
 _C.DATA = CN()
 _C.DATA.IMAGE_SIZE = 224  # side of the square network input, in pixels
-_C.DATA.CROP_PCT = 0.875  # eval: resize to IMAGE_SIZE / CROP_PCT, then center-crop IMAGE_SIZE
+_C.DATA.CROP_PCT = 0.875  # eval: resize to floor(IMAGE_SIZE / CROP_PCT), then center-crop IMAGE_SIZE
+_C.DATA.DATASET = 'imagenet2012'  # 'imagenet2012': the list files under DATA_PATH; 'demo': a small generated set
+_C.DATA.DATA_PATH = ''  # folder holding train_list.txt, val_list.txt and the images; for 'demo', '' is ./data/demo
+_C.DATA.BATCH_SIZE = 32  # training images per step and per process
+_C.DATA.BATCH_SIZE_EVAL = 32  # evaluation images per step and per process
+_C.DATA.NUM_WORKERS = 2  # DataLoader worker processes per training process; 0 loads in the main process
+_C.DATA.IMAGENET_MEAN = [0.485, 0.456, 0.406]  # per-channel RGB mean subtracted on the device, on the 0-1 scale
+_C.DATA.IMAGENET_STD = [0.229, 0.224, 0.225]  # per-channel RGB std divided by on the device, on the 0-1 scale
+_C.DATA.INTERPOLATION = 'bilinear'  # eval resize filter (PIL, antialiased): 'bilinear', 'bicubic', 'lanczos', 'nearest'
+_C.DATA.RESIZE_MODE = 'shorter'  # eval: 'shorter' side to floor(IMAGE_SIZE / CROP_PCT), or 'square' (squash both sides)
+_C.DATA.SKIP_BAD_IMAGES = False  # training: log an unreadable image and use another one instead of stopping
+
+_C.AUG = CN()
+_C.AUG.RECIPE = 'paddlevit'  # training augmentation: 'paddlevit' (DeiT-style) or 'raug15' (official RepMLPNet)
+_C.AUG.AUTO_AUGMENT = 'rand'  # paddlevit recipe: 'rand' (RandAugment), 'auto' (AutoAugment) or 'none' (ColorJitter)
+_C.AUG.RAND_MAGNITUDE = 9  # paddlevit RandAugment: mean magnitude (std 0.5) on the 0-10 scale
+_C.AUG.RAND_LAYERS = 2  # paddlevit RandAugment: operations drawn per image
+_C.AUG.COLOR_JITTER = 0.4  # paddlevit recipe with AUTO_AUGMENT 'none': brightness/contrast/saturation strength
+_C.AUG.RE_PROB = 0.25  # paddlevit recipe: probability of random erasing (pixel mode, one box)
+_C.AUG.MIXUP = 0.8  # Mixup alpha; 0 turns Mixup off
+_C.AUG.CUTMIX = 1.0  # CutMix alpha; 0 turns CutMix off
+_C.AUG.MIXUP_PROB = 1.0  # probability that a batch is mixed at all
+_C.AUG.MIXUP_SWITCH_PROB = 0.5  # with both on: probability that a mixed batch uses CutMix rather than Mixup
+_C.AUG.SMOOTHING = 0.1  # label smoothing folded into the soft targets of Mixup/CutMix
 
 _C.MODEL = CN()
 _C.MODEL.TYPE = 'RepMLP'  # network family; 'RepMLP' (PaddleViT's name) and 'RepMLPNet' are the same
@@ -74,12 +97,21 @@ _C.KEEP_LAST = 3  # epoch checkpoints kept in SAVE (older ones are deleted); bes
 MODEL_TYPES = ('RepMLP', 'RepMLPNet')
 PATCH_SIZE = 4  # stride of the stem; each later stage halves the map again
 STAGE_LIST_KEYS = ('CHANNELS', 'HEIGHTS', 'WIDTHS', 'NUM_BLOCKS', 'SHARESETS_NUMS')
+DATASETS = ('imagenet2012', 'demo')
+INTERPOLATIONS = ('bilinear', 'bicubic', 'lanczos', 'nearest')
+RESIZE_MODES = ('shorter', 'square')
+AUG_RECIPES = ('paddlevit', 'raug15')
+AUTO_AUGMENTS = ('rand', 'auto', 'none')
 AMP_DTYPES = ('float16', 'bfloat16')
 AMP_LEVELS = ('O1', 'O2')
 
 # PaddleViT's command-line flags and the config key each one sets.
 FLAG_TO_KEY = {
     'image_size': 'DATA.IMAGE_SIZE',
+    'dataset': 'DATA.DATASET',
+    'data_path': 'DATA.DATA_PATH',
+    'batch_size': 'DATA.BATCH_SIZE',
+    'batch_size_eval': 'DATA.BATCH_SIZE_EVAL',
     'output': 'SAVE',
     'accum_iter': 'TRAIN.ACCUM_ITER',
     'pretrained': 'MODEL.PRETRAINED',
@@ -131,6 +163,11 @@ def build_arg_parser(description):
                         help='yaml config files merged in order, e.g. configs/repmlp_b_224.yaml '
                              'configs/recipes/official.yaml')
     parser.add_argument('-image_size', type=int, default=None, help='input side in pixels (DATA.IMAGE_SIZE)')
+    parser.add_argument('-dataset', type=str, default=None, choices=DATASETS, help='DATA.DATASET')
+    parser.add_argument('-data_path', type=str, default=None, help='folder with the list files (DATA.DATA_PATH)')
+    parser.add_argument('-batch_size', type=int, default=None, help='training batch per process (DATA.BATCH_SIZE)')
+    parser.add_argument('-batch_size_eval', type=int, default=None,
+                        help='evaluation batch per process (DATA.BATCH_SIZE_EVAL)')
     parser.add_argument('-output', type=str, default=None, help='folder for logs, checkpoints, metrics (SAVE)')
     parser.add_argument('-accum_iter', type=int, default=None, help='batches per optimizer step (TRAIN.ACCUM_ITER)')
     parser.add_argument('-pretrained', type=str, default=None, help='weights to start from (MODEL.PRETRAINED)')
@@ -165,7 +202,50 @@ def validate_config(config):
     if not 0 < config.DATA.CROP_PCT <= 1:
         raise ConfigError(f'DATA.CROP_PCT must be in (0, 1], got {config.DATA.CROP_PCT}')
     validate_image_size(config, config.DATA.IMAGE_SIZE)
+    _validate_data(config.DATA)
+    _validate_aug(config.AUG)
     _validate_run(config)
+
+
+def _validate_choice(section, node, key, choices):
+    if node[key] not in choices:
+        raise ConfigError(f'{section}.{key} is {node[key]!r}; choose one of {", ".join(choices)}')
+
+
+def _validate_data(data):
+    """Raise ConfigError naming the DATA key whose value cannot work."""
+    _validate_choice('DATA', data, 'DATASET', DATASETS)
+    _validate_choice('DATA', data, 'INTERPOLATION', INTERPOLATIONS)
+    _validate_choice('DATA', data, 'RESIZE_MODE', RESIZE_MODES)
+    for key in ('BATCH_SIZE', 'BATCH_SIZE_EVAL'):
+        if data[key] < 1:
+            raise ConfigError(f'DATA.{key} must be positive, got {data[key]}')
+    if data.NUM_WORKERS < 0:
+        raise ConfigError(f'DATA.NUM_WORKERS must be 0 or more, got {data.NUM_WORKERS}')
+    for key in ('IMAGENET_MEAN', 'IMAGENET_STD'):
+        values = data[key]
+        if len(values) != 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            raise ConfigError(f'DATA.{key} must be three numbers (R, G, B), got {list(values)}')
+    if min(data.IMAGENET_STD) <= 0:
+        raise ConfigError(f'DATA.IMAGENET_STD must be positive, got {list(data.IMAGENET_STD)}')
+
+
+def _validate_aug(aug):
+    """Raise ConfigError naming the AUG key whose value cannot work."""
+    _validate_choice('AUG', aug, 'RECIPE', AUG_RECIPES)
+    _validate_choice('AUG', aug, 'AUTO_AUGMENT', AUTO_AUGMENTS)
+    if not 0 <= aug.RAND_MAGNITUDE <= 10:
+        raise ConfigError(f'AUG.RAND_MAGNITUDE must be in [0, 10], got {aug.RAND_MAGNITUDE}')
+    if aug.RAND_LAYERS < 0:
+        raise ConfigError(f'AUG.RAND_LAYERS must be 0 or more, got {aug.RAND_LAYERS}')
+    for key in ('COLOR_JITTER', 'MIXUP', 'CUTMIX'):
+        if aug[key] < 0:
+            raise ConfigError(f'AUG.{key} must be 0 or more, got {aug[key]}')
+    for key in ('RE_PROB', 'MIXUP_PROB', 'MIXUP_SWITCH_PROB'):
+        if not 0 <= aug[key] <= 1:
+            raise ConfigError(f'AUG.{key} must be a probability in [0, 1], got {aug[key]}')
+    if not 0 <= aug.SMOOTHING < 1:
+        raise ConfigError(f'AUG.SMOOTHING must be in [0, 1), got {aug.SMOOTHING}')
 
 
 def _validate_run(config):
