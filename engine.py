@@ -294,8 +294,8 @@ def run(config):
         with open(os.path.join(config.SAVE, 'config.yaml'), 'w', encoding='utf-8') as file:
             file.write(config.dump())
     amp = 'on' if amp_enabled(config) else 'off (Paddle has no AMP on a CPU)' if config.AMP else 'off'
-    logger.info(f'rank {utils.get_rank()} of {utils.get_world_size()} on {paddle.get_device()}, AMP {amp}; '
-                f'resolved config in {os.path.join(config.SAVE, "config.yaml")}')
+    logger.info(f'rank {utils.get_rank()} of {utils.get_world_size()} (pid {os.getpid()}) on {paddle.get_device()}, '
+                f'AMP {amp}; resolved config in {os.path.join(config.SAVE, "config.yaml")}')
     return evaluate(config, logger) if config.EVAL else train(config, logger)
 
 

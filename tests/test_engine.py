@@ -7,10 +7,12 @@ with a timeout that kills the whole group, so a stuck collective fails the test 
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import paddle
@@ -234,3 +236,26 @@ def test_non_finite_loss_stops_with_a_clear_message(demo_path, tmp_path):
     assert code == 2
     assert 'error: epoch 1, batch' in log and 'the loss is' in log and 'Traceback' not in log
     assert not [name for name in os.listdir(tmp_path) if name.startswith('checkpoint-')]
+
+
+def test_a_dead_rank_ends_the_job_with_an_error(demo_path, tmp_path):
+    """Kill rank 1 in the middle of training: the launcher must stop rank 0 and exit non-zero, not hang."""
+    output = str(tmp_path)
+    args = ['-nprocs', '2'] + train_args(demo_path, output, 'TRAIN.NUM_EPOCHS', '50', 'REPORT_FREQ', '1')
+    process = subprocess.Popen([sys.executable, os.path.join(ROOT, 'main_multi_gpu.py')] + args, cwd=ROOT,
+                               env={**os.environ, 'OMP_NUM_THREADS': '1'}, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        rank_log = os.path.join(output, 'log_rank1.txt')
+        deadline = time.time() + 120
+        while not (os.path.isfile(rank_log) and 'Epoch 1/' in open(rank_log, encoding='utf-8').read()):
+            assert process.poll() is None and time.time() < deadline, 'the job did not start training'
+            time.sleep(0.2)
+        pid = int(re.search(r'\(pid (\d+)\)', open(rank_log, encoding='utf-8').read()).group(1))
+        os.kill(pid, signal.SIGKILL)
+        _, errors = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        pytest.fail('the job hung after a rank died')
+    assert process.returncode != 0
+    assert 'a rank failed, the job was stopped' in errors and 'SIGKILL' in errors
