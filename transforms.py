@@ -73,9 +73,6 @@ class EvalTransform:
             # weights differently and moves about 0.1% of pixels by one grey level.
             image = image.resize((width, height), self.resample)
         side = self.image_size
-        if width < side or height < side:
-            raise ValueError(f'eval resize gave {width}x{height}, smaller than the {side}px crop; '
-                             'DATA.CROP_PCT must be at most 1')
         left = int(round((width - side) / 2.0))
         top = int(round((height - side) / 2.0))
         array = np.asarray(image)[top:top + side, left:left + side]

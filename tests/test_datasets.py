@@ -206,3 +206,35 @@ def test_check_dataset_passes_then_reports_problems(tree, capsys):
     out = capsys.readouterr().out
     assert 'img_1.jpg: file not found' in out and 'n02/img_0.jpg: cannot decode' in out
     assert 'val_list.txt line 10: label 7 is outside' in out and 'FAILED' in out
+
+
+@pytest.mark.parametrize('key, value, message', [
+    ('DATA.DATASET', 'cifar', "DATA.DATASET is 'cifar'"),
+    ('DATA.INTERPOLATION', 'area', 'DATA.INTERPOLATION'),
+    ('DATA.RESIZE_MODE', 'longer', 'DATA.RESIZE_MODE'),
+    ('DATA.BATCH_SIZE', 0, 'DATA.BATCH_SIZE must be positive'),
+    ('DATA.IMAGENET_STD', [0.2, 0.2], 'DATA.IMAGENET_STD must be three numbers'),
+    ('AUG.RECIPE', 'deit', 'AUG.RECIPE'),
+    ('AUG.RE_PROB', 1.5, 'AUG.RE_PROB must be a probability'),
+    ('AUG.SMOOTHING', 1.0, 'AUG.SMOOTHING'),
+])
+def test_bad_data_and_aug_values_name_the_key(key, value, message):
+    from config import ConfigError, build_arg_parser, update_config
+    args = build_arg_parser('test').parse_args(['-opts', key, repr(value)])
+    with pytest.raises(ConfigError, match=message.replace('(', r'\(')):
+        update_config(get_config(), args)
+
+
+def test_data_flags_set_their_keys():
+    from config import build_arg_parser, update_config
+    args = build_arg_parser('test').parse_args(['-dataset', 'demo', '-data_path', 'x', '-batch_size', '5',
+                                               '-batch_size_eval', '7'])
+    data = update_config(get_config(), args).DATA
+    assert (data.DATASET, data.DATA_PATH, data.BATCH_SIZE, data.BATCH_SIZE_EVAL) == ('demo', 'x', 5, 7)
+
+
+def test_benchmark_data_runs(capsys):
+    import benchmark
+    assert benchmark.main(['data', '-images', '6', '-repeats', '1', '-batch_size', '3']) == 0
+    out = capsys.readouterr().out
+    assert 'cores' in out and out.count('x\n') == 4
