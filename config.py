@@ -135,8 +135,8 @@ def get_config(cfg_file=None):
 def update_config(config, args):
     """Apply the flags in `args` (an argparse namespace from `build_arg_parser`) and return the frozen config.
 
-    `args.cfg` (one file or a list, merged in order) is merged first when `config` is still the defaults' copy, then each flag that was given,
-    then `args.opts` (KEY VALUE pairs, values parsed as Python literals when they are ones).
+    `args.cfg` (one file or a list, merged in order) is merged first, then each flag that was given, then
+    `args.opts` (KEY VALUE pairs, values parsed as Python literals when they are ones).
     """
     config.defrost()
     cfg_files = getattr(args, 'cfg', None) or []

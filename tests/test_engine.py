@@ -133,7 +133,8 @@ def test_training_lowers_the_loss_and_learns(trained):
     assert losses[-1] < losses[0] - 0.3
     assert stats[-1]["val_acc1"] > CHANCE + 0.15
     assert sorted(name for name in os.listdir(trained) if name.endswith('.pdparams')) == [
-        'best.pdparams', 'best_ema.pdparams', f'checkpoint-{EPOCHS - 1:04d}.pdparams', f'checkpoint-{EPOCHS:04d}.pdparams']
+        'best.pdparams', 'best_ema.pdparams', f'checkpoint-{EPOCHS - 1:04d}.pdparams',
+        f'checkpoint-{EPOCHS:04d}.pdparams']
     assert os.path.isfile(os.path.join(trained, 'config.yaml')) and os.path.isfile(os.path.join(trained, 'log.txt'))
 
 

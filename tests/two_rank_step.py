@@ -29,7 +29,8 @@ HALF_BATCH = 8
 # with AdamW's default epsilon 1e-8 the first step turns any noise into +-LR, so a 1e-9 difference between two
 # correct summation orders would move them by 2 x LR. An epsilon of 1e-3 keeps the step proportional to the
 # gradient at that scale, so the comparison tests the gradients, not the noise.
-OPTS = {'TRAIN.OPTIMIZER.EPS': 1e-3, 'TRAIN.WARMUP_EPOCHS': 0, 'TRAIN.NUM_EPOCHS': 1, 'AUG.MIXUP': 0.0, 'AUG.CUTMIX': 0.0,
+OPTS = {'TRAIN.OPTIMIZER.EPS': 1e-3, 'TRAIN.WARMUP_EPOCHS': 0, 'TRAIN.NUM_EPOCHS': 1,
+        'AUG.MIXUP': 0.0, 'AUG.CUTMIX': 0.0,
         'DATA.BATCH_SIZE': HALF_BATCH}
 
 
