@@ -44,6 +44,9 @@ def _reuse_freed_memory():
     libc.mallopt(m_trim_threshold, 2 ** 31 - 1)
 
 
+# Whether the user chose the thread count: a launcher that starts several processes on this machine must then
+# leave it alone, and otherwise split the cores between them (main_multi_gpu.py).
+THREADS_SET_BY_USER = 'OMP_NUM_THREADS' in os.environ
 os.environ.setdefault('OMP_NUM_THREADS', str(usable_cores()))
 _reuse_freed_memory()
 if _is_amd_cpu():

@@ -1,6 +1,14 @@
-"""Helpers shared by the entry points: strict weight loading and the command-line error wrapper."""
+"""Helpers shared by the entry points: ranks and cross-rank sums, logging, meters, checkpoints (one schema, one
+save, one load), strict weight loading, and the command-line error wrapper.
 
+Every rank helper does the right thing in a single process (world size 1, no collective is called).
+"""
+
+import glob
+import json
+import logging
 import os
+import re
 import sys
 import zipfile
 
@@ -13,6 +21,127 @@ from config import UserError
 
 class CheckpointError(UserError):
     """A weights file that is missing, unreadable, or does not match the model."""
+
+
+# What every training checkpoint holds; `epoch` counts the epochs done, `config` is the resolved yaml text.
+CHECKPOINT_KEYS = ('model', 'optimizer', 'lr_scheduler', 'scaler', 'ema', 'epoch', 'best_acc1', 'config')
+CHECKPOINT_NAME = 'checkpoint-{epoch:04d}.pdparams'
+CHECKPOINT_RE = re.compile(r'checkpoint-(\d+)\.pdparams$')
+LOGGER_NAME = 'repmlp'
+
+
+def get_world_size():
+    """The number of processes of the job; 1 when no parallel environment was initialised."""
+    return paddle.distributed.get_world_size() if paddle.distributed.is_initialized() else 1
+
+
+def get_rank():
+    """This process's rank in the job; 0 when no parallel environment was initialised."""
+    return paddle.distributed.get_rank() if paddle.distributed.is_initialized() else 0
+
+
+def is_main_process():
+    """True on the rank that writes files and prints to the console."""
+    return get_rank() == 0
+
+
+def all_reduce_sum(values):
+    """The element-wise sum over all ranks of a list of numbers, as a float64 numpy array."""
+    array = np.asarray(values, dtype=np.float64)
+    if get_world_size() == 1:
+        return array
+    tensor = paddle.to_tensor(array)
+    paddle.distributed.all_reduce(tensor)
+    return tensor.numpy()
+
+
+def running_statistics(layer):
+    """The state that training changes without gradients: BN running means and variances.
+
+    Paddle keeps them as parameters with stop_gradient=True, not as buffers; both kinds are returned.
+    """
+    return [param for param in layer.parameters() if param.stop_gradient] + list(layer.buffers())
+
+
+def trained_parameters(layer):
+    """The parameters that the optimizer updates."""
+    return [param for param in layer.parameters() if not param.stop_gradient]
+
+
+def broadcast_running_statistics(layer):
+    """Give every rank rank 0's BN statistics, which each rank otherwise updates from its own images only."""
+    if get_world_size() == 1:
+        return
+    for tensor in running_statistics(layer):
+        paddle.distributed.broadcast(tensor, src=0)
+
+
+def parameter_rank_spread(layer):
+    """The largest difference of a trained parameter between two ranks: 0.0 when the ranks are in sync."""
+    if get_world_size() == 1:
+        return 0.0
+    spread = 0.0
+    for param in trained_parameters(layer):
+        highest, lowest = param.detach().clone(), param.detach().clone()
+        paddle.distributed.all_reduce(highest, op=paddle.distributed.ReduceOp.MAX)
+        paddle.distributed.all_reduce(lowest, op=paddle.distributed.ReduceOp.MIN)
+        spread = max(spread, float((highest - lowest).abs().max()))
+    return spread
+
+
+def setup_logger(output_dir):
+    """The run's logger: rank 0 to the console and `output_dir`/log.txt, rank r > 0 to log_rank{r}.txt only."""
+    rank = get_rank()
+    logger = logging.getLogger(LOGGER_NAME)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    formatter = logging.Formatter('[%(asctime)s] %(message)s', datefmt='%Y-%m-%d %H:%M:%S')
+    os.makedirs(output_dir, exist_ok=True)
+    handlers = [logging.FileHandler(os.path.join(output_dir, 'log.txt' if rank == 0 else f'log_rank{rank}.txt'))]
+    if rank == 0:
+        handlers.append(logging.StreamHandler(sys.stdout))
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        logger.addHandler(handler)
+    return logger
+
+
+def write_json(obj, path, append=False):
+    """Write `obj` as one JSON line to `path` (appended, or replacing the file atomically)."""
+    line = json.dumps(obj, sort_keys=True) + '\n'
+    if append:
+        with open(path, 'a', encoding='utf-8') as file:
+            file.write(line)
+        return
+    temporary = f'{path}.tmp{os.getpid()}'
+    with open(temporary, 'w', encoding='utf-8') as file:
+        file.write(line)
+    os.replace(temporary, path)
+
+
+class AverageMeter:
+    """A running sum and count of a value, on the host; `avg` is their ratio."""
+
+    def __init__(self):
+        self.sum, self.count = 0.0, 0
+
+    def update(self, value, count=1):
+        """Add `value` (a mean over `count` samples)."""
+        self.sum += value * count
+        self.count += count
+
+    @property
+    def avg(self):
+        """The mean so far; 0.0 before any update."""
+        return self.sum / self.count if self.count else 0.0
+
+    def global_avg(self):
+        """The mean over all ranks (a collective: every rank must call it at the same point)."""
+        total, count = all_reduce_sum([self.sum, self.count])
+        return total / count if count else 0.0
 
 
 def run_cli(main):
@@ -118,3 +247,47 @@ def save_atomically(obj, path):
         if os.path.exists(temporary):
             os.remove(temporary)
         raise CheckpointError(f'could not write {path}: {err.strerror or err}') from None
+
+
+def save_checkpoint(folder, keep_last, **state):
+    """Write a training checkpoint (the keys of CHECKPOINT_KEYS) atomically; keep the newest `keep_last`.
+
+    Returns the path written. Older epoch checkpoints are deleted only after the new one is complete.
+    """
+    if set(state) != set(CHECKPOINT_KEYS):
+        raise ValueError(f'checkpoint keys {sorted(state)} differ from the schema {sorted(CHECKPOINT_KEYS)}')
+    path = os.path.join(folder, CHECKPOINT_NAME.format(epoch=state['epoch']))
+    save_atomically(state, path)
+    for old in list_checkpoints(folder)[:-keep_last]:
+        os.remove(old)
+    return path
+
+
+def list_checkpoints(folder):
+    """The epoch checkpoints in `folder`, oldest first."""
+    found = [(int(match.group(1)), path) for path in glob.glob(os.path.join(folder, 'checkpoint-*.pdparams'))
+             if (match := CHECKPOINT_RE.search(os.path.basename(path)))]
+    return [path for _, path in sorted(found)]
+
+
+def resolve_resume(resume, folder):
+    """The checkpoint that `-resume` names: the file itself, or for 'auto' the newest in `folder` (None if none)."""
+    if resume != 'auto':
+        return resume
+    found = list_checkpoints(folder)
+    return found[-1] if found else None
+
+
+def load_checkpoint(path):
+    """Read a training checkpoint written by `save_checkpoint`; CheckpointError if it is not one."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f'checkpoint not found: {path} (-resume takes a checkpoint-NNNN.pdparams or auto)')
+    try:
+        state = paddle.load(path)
+    except Exception as err:  # paddle raises many types for a file that is not its format
+        raise CheckpointError(f'{path} is not a Paddle checkpoint ({type(err).__name__}: {err})') from None
+    missing = [key for key in CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise CheckpointError(f'{path} is not a training checkpoint (no {", ".join(missing)}); to start from '
+                              'weights only, use -pretrained instead of -resume')
+    return state

@@ -89,3 +89,17 @@ def test_bad_opts_are_errors():
         update_config(get_config(), parse(['-opts', 'MODEL.DEPLOY']))
     with pytest.raises(ConfigError, match='DATA.IMAGE_SIZE=200'):
         update_config(get_config(), parse(['-image_size', '200']))
+
+
+def test_model_and_recipe_combine_and_training_flags_map():
+    args = parse(['-cfg', os.path.join(ROOT, 'configs', 'repmlp_b_224.yaml'),
+                  os.path.join(ROOT, 'configs', 'recipes', 'official.yaml'),
+                  '-output', 'out', '-accum_iter', '2', '-resume', 'auto', '-amp', '-last_epoch', '3'])
+    config = update_config(get_config(), args)
+    assert config.MODEL.NAME == 'repmlp_b_224' and config.TRAIN.NUM_EPOCHS == 100 and config.AUG.RECIPE == 'raug15'
+    assert (config.SAVE, config.TRAIN.ACCUM_ITER, config.MODEL.RESUME, config.AMP, config.TRAIN.LAST_EPOCH) == (
+        'out', 2, 'auto', True, 3)
+    with pytest.raises(ConfigError, match='-eval needs'):
+        update_config(get_config(), parse(['-eval']))
+    with pytest.raises(ConfigError, match='AMP_DTYPE'):
+        update_config(get_config(), parse(['-opts', 'AMP_DTYPE', 'float8']))

@@ -1,0 +1,436 @@
+"""Training and evaluation of RepMLPNet, shared by main_single_gpu.py and main_multi_gpu.py.
+
+- builders: the learning rates scaled to the effective batch, the per-iteration warmup + cosine schedule,
+  AdamW without weight decay on BN parameters and biases, the weight EMA, the AMP context;
+- the loops: `train_one_epoch(trainer, loader, epoch) -> dict` and `validate(model, loader, config) -> dict`;
+- `run(config)`: a whole evaluation or training run in this process. When a parallel environment is
+  initialised (main_multi_gpu.py) the process is one rank of a data-parallel job; otherwise it is alone.
+
+Randomness: every rank reseeds Python, NumPy and Paddle at the start of each epoch from (SEED, epoch, rank),
+so the random draws of an epoch do not depend on what ran before it, and a resumed run repeats them exactly.
+"""
+
+import contextlib
+import dataclasses
+import datetime
+import math
+import os
+import random
+import time
+import warnings
+
+import numpy as np
+import runtime  # noqa: F401  (before paddle: CPU threads and MKL path)
+import paddle
+import paddle.nn.functional as F
+from paddle import nn
+
+import datasets
+import transforms
+import utils
+from config import ConfigError, UserError
+from losses import label_smoothing_cross_entropy, soft_target_cross_entropy
+from repmlp import build_repmlp
+
+# Paddle warns on every training-mode BN call that it tracks running statistics, which is what is wanted here.
+warnings.filterwarnings('ignore', message='When training, we now always track global mean and variance')
+BATCH_NORMS = (nn.BatchNorm1D, nn.BatchNorm2D, nn.BatchNorm3D, nn.SyncBatchNorm)
+LOSS_SCALE = 2.0 ** 16  # the float16 GradScaler's first loss scale; it adapts from there
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite."""
+
+
+# ---------------------------------------------------------------------------------------------- builders
+
+def learning_rates(config, world_size):
+    """The derived LR values: BASE_LR, WARMUP_START_LR and END_LR times effective batch / LR_REFERENCE_BATCH."""
+    train = config.TRAIN
+    effective_batch = config.DATA.BATCH_SIZE * world_size * train.ACCUM_ITER
+    scale = effective_batch / train.LR_REFERENCE_BATCH
+    return {'effective_batch': effective_batch, 'base_lr': train.BASE_LR * scale,
+            'warmup_start_lr': train.WARMUP_START_LR * scale, 'end_lr': train.END_LR * scale}
+
+
+class WarmupCosineLR(paddle.optimizer.lr.LRScheduler):
+    """Linear warmup from `warmup_start_lr` to `base_lr` over `warmup_steps`, then a half cosine from `base_lr`
+    down to `end_lr` at `total_steps`. One step is one optimizer update; `last_epoch` counts updates.
+    """
+
+    def __init__(self, base_lr, warmup_start_lr, end_lr, warmup_steps, total_steps, last_epoch=-1):
+        self.warmup_start_lr, self.end_lr = warmup_start_lr, end_lr
+        self.warmup_steps, self.total_steps = warmup_steps, total_steps
+        super().__init__(learning_rate=base_lr, last_epoch=last_epoch)
+
+    def get_lr(self):
+        """The LR of update number `self.last_epoch`."""
+        step = self.last_epoch
+        if step < self.warmup_steps:
+            return self.warmup_start_lr + (self.base_lr - self.warmup_start_lr) * step / self.warmup_steps
+        progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
+        return self.end_lr + 0.5 * (self.base_lr - self.end_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def build_lr_scheduler(config, lrs, steps_per_epoch):
+    """The per-iteration schedule for `lrs` (from `learning_rates`), placed after TRAIN.LAST_EPOCH epochs."""
+    train = config.TRAIN
+    return WarmupCosineLR(lrs['base_lr'], lrs['warmup_start_lr'], lrs['end_lr'],
+                          warmup_steps=train.WARMUP_EPOCHS * steps_per_epoch,
+                          total_steps=train.NUM_EPOCHS * steps_per_epoch,
+                          last_epoch=train.LAST_EPOCH * steps_per_epoch - 1)
+
+
+def no_decay_names(model):
+    """Structured names (as in state_dict) of the parameters that must not be decayed: BN's and all biases."""
+    names = set()
+    for layer_name, layer in model.named_sublayers(include_self=True):
+        for param_name, _ in layer.named_parameters(include_sublayers=False):
+            if isinstance(layer, BATCH_NORMS) or param_name == 'bias':
+                names.add(f'{layer_name}.{param_name}' if layer_name else param_name)
+    return names
+
+
+def build_optimizer(config, model, lr_scheduler):
+    """AdamW on `model`'s trained parameters, decaying all but BN parameters and biases, with global-norm clipping.
+
+    AdamW's `apply_decay_param_fun` is called with each parameter's internal name ('conv2d_3.w_0'), not its
+    structured one ('stages.0.0.prebn1.weight'), so the structured choice is turned into internal names here.
+    Parameter groups with weight_decay 0 would also work, but Paddle clips each group's norm separately.
+    """
+    train = config.TRAIN
+    skipped = no_decay_names(model)
+    decayed = {param.name for name, param in model.named_parameters() if name not in skipped}
+    clip = nn.ClipGradByGlobalNorm(train.GRAD_CLIP) if train.GRAD_CLIP > 0 else None
+    return paddle.optimizer.AdamW(
+        learning_rate=lr_scheduler, parameters=utils.trained_parameters(model), beta1=train.OPTIMIZER.BETAS[0],
+        beta2=train.OPTIMIZER.BETAS[1], epsilon=train.OPTIMIZER.EPS, weight_decay=train.WEIGHT_DECAY,
+        apply_decay_param_fun=decayed.__contains__, grad_clip=clip)
+
+
+class ModelEma:
+    """An exponential moving average of a model's weights and BN statistics, kept as a float32 copy in eval mode."""
+
+    def __init__(self, config, model):
+        self.decay = config.TRAIN.MODEL_EMA_DECAY
+        self.model = build_repmlp(config)
+        self.model.set_state_dict(model.state_dict())
+        self.model.eval()
+        for param in self.model.parameters():
+            param.stop_gradient = True
+
+    @paddle.no_grad()
+    def update(self, model):
+        """average <- decay * average + (1 - decay) * current, for every entry of the state dict."""
+        current = model.state_dict()
+        for name, average in self.model.state_dict().items():
+            value = current[name].astype(average.dtype)
+            average.set_value(average * self.decay + value * (1.0 - self.decay))
+
+
+def amp_enabled(config):
+    """Whether AMP is on: AMP asked for and the process runs on a GPU (Paddle's AMP does nothing on a CPU)."""
+    return config.AMP and paddle.get_device().startswith('gpu')
+
+
+def autocast(config):
+    """The AMP context for forward passes (a no-op context when AMP is off)."""
+    if not amp_enabled(config):
+        return contextlib.nullcontext()
+    return paddle.amp.auto_cast(level=config.AMP_LEVEL, dtype=config.AMP_DTYPE)
+
+
+def build_criterion(config, mixup):
+    """Soft-target cross entropy when Mixup/CutMix makes the targets (smoothing is in them), else label smoothing."""
+    if mixup is not None:
+        return soft_target_cross_entropy
+    smoothing = config.AUG.SMOOTHING
+    return lambda logits, labels: label_smoothing_cross_entropy(logits, labels, smoothing)
+
+
+def seed_everything(*keys):
+    """Seed Python, NumPy and Paddle from a tuple of integers (e.g. SEED, epoch, rank)."""
+    seed = int(np.random.SeedSequence([int(key) for key in keys]).generate_state(1)[0])
+    random.seed(seed)
+    np.random.seed(seed)
+    paddle.seed(seed)
+
+
+# ------------------------------------------------------------------------------------------------- loops
+
+@dataclasses.dataclass
+class Trainer:
+    """What a training step needs. `model` may be the DataParallel wrapper of `raw_model`."""
+    config: object
+    model: nn.Layer
+    raw_model: nn.Layer
+    optimizer: paddle.optimizer.Optimizer
+    lr_scheduler: WarmupCosineLR
+    scaler: paddle.amp.GradScaler
+    ema: ModelEma
+    mixup: object
+    criterion: object
+    logger: object
+    best_acc1: dict = dataclasses.field(default_factory=dict)  # 'val' and, with EMA, 'ema' -> best top-1
+
+
+def train_one_epoch(trainer, loader, epoch):
+    """One pass over `loader` with gradient accumulation; returns the mean loss over all ranks, LR and speed.
+
+    Only whole accumulation groups are used (a tail of fewer than ACCUM_ITER batches is skipped), so every
+    optimizer step sees the same number of images. Raises TrainingDiverged at the first non-finite loss.
+    """
+    config, logger = trainer.config, trainer.logger
+    accum_iter = config.TRAIN.ACCUM_ITER
+    num_batches = len(loader) // accum_iter * accum_iter
+    trainer.model.train()
+    loss_meter, start, images_seen = utils.AverageMeter(), time.time(), 0
+    for index, (images, labels) in enumerate(loader):
+        if index == num_batches:
+            break
+        images = transforms.normalize(images, config)
+        targets = labels
+        if trainer.mixup is not None:
+            images, targets = trainer.mixup(images, labels)
+        is_update = (index + 1) % accum_iter == 0
+        loss = _forward_backward(trainer, images, targets, is_update)
+        if not math.isfinite(loss):
+            raise TrainingDiverged(f'epoch {epoch + 1}, batch {index + 1}: the loss is {loss}; stopped before the '
+                                   f'update, checkpoints in {config.SAVE} are untouched. Lower TRAIN.BASE_LR or set '
+                                   'TRAIN.GRAD_CLIP')
+        if is_update:
+            _optimizer_step(trainer)
+        loss_meter.update(loss, len(labels))
+        images_seen += len(labels)
+        if (index + 1) % config.REPORT_FREQ == 0 or index + 1 == num_batches:
+            _log_progress(logger, f'Epoch {epoch + 1}/{config.TRAIN.NUM_EPOCHS}', index + 1, num_batches,
+                          images_seen, start, f'loss {loss_meter.global_avg():.4f} lr {trainer.optimizer.get_lr():.3e}')
+    elapsed = time.time() - start
+    world_images = images_seen * utils.get_world_size()
+    return {'train_loss': loss_meter.global_avg(), 'lr': trainer.optimizer.get_lr(),
+            'train_images_per_sec': world_images / elapsed, 'train_time': elapsed}
+
+
+def _forward_backward(trainer, images, targets, is_update):
+    """Forward and backward one batch (its loss divided by ACCUM_ITER); returns the undivided loss as a float.
+
+    Between updates, DataParallel's gradient all-reduce is skipped (no_sync): the summed gradients are
+    reduced once, at the batch that completes the group.
+    """
+    sync = contextlib.nullcontext()
+    if not is_update and isinstance(trainer.model, paddle.DataParallel):
+        sync = trainer.model.no_sync()
+    with sync:
+        with autocast(trainer.config):
+            logits = trainer.model(images)
+        loss = trainer.criterion(logits, targets)
+        value = float(loss)
+        if math.isfinite(value):
+            trainer.scaler.scale(loss / trainer.config.TRAIN.ACCUM_ITER).backward()
+    return value
+
+
+def _optimizer_step(trainer):
+    """Unscale, clip and apply the accumulated gradients, then advance the LR schedule and the EMA."""
+    trainer.scaler.step(trainer.optimizer)
+    trainer.scaler.update()
+    trainer.optimizer.clear_grad()
+    trainer.lr_scheduler.step()
+    if trainer.ema is not None:
+        trainer.ema.update(trainer.raw_model)
+
+
+def _log_progress(logger, title, done, total, images_seen, start, details):
+    """One progress line: position, this rank's images/s times the world size, ETA, and `details`."""
+    elapsed = time.time() - start
+    speed = images_seen * utils.get_world_size() / max(elapsed, 1e-9)
+    eta = datetime.timedelta(seconds=int(elapsed / done * (total - done)))
+    logger.info(f'{title} [{done}/{total}] {details} {speed:.1f} img/s eta {eta}')
+
+
+@paddle.no_grad()
+def validate(model, loader, config, logger):
+    """Top-1, top-5 (fractions) and mean cross entropy over every image of `loader` on every rank, exactly once.
+
+    Each rank counts its own images; the counts and loss sums are added over ranks once, at the end, so
+    ranks with different numbers of batches never wait for each other. Returns acc1, acc5, loss,
+    num_images and images_per_sec.
+    """
+    model.eval()
+    correct1 = correct5 = loss_sum = 0.0
+    count, start = 0, time.time()
+    for index, (images, labels) in enumerate(loader):
+        images = transforms.normalize(images, config)
+        with autocast(config):
+            logits = model(images)
+        logits = logits.astype('float32')
+        labels = labels.reshape([-1, 1]).astype('int64')
+        # summed in float64 per image, so that the total does not depend on how images are split into batches
+        loss_sum = loss_sum + F.cross_entropy(logits, labels, reduction='none').astype('float64').sum()
+        top = paddle.topk(logits, k=min(5, logits.shape[1]), axis=1)[1]
+        hits = (top == labels).astype('float64')
+        correct1 = correct1 + hits[:, 0].sum()
+        correct5 = correct5 + hits.sum(axis=1).sum()
+        count += len(labels)
+        if (index + 1) % config.REPORT_FREQ == 0:
+            _log_progress(logger, 'Eval (this rank)', index + 1, len(loader), count, start,
+                          f'acc1 {float(correct1) / count:.4f}')
+    totals = utils.all_reduce_sum([float(correct1), float(correct5), float(loss_sum), count])
+    elapsed = time.time() - start
+    num_images = int(round(totals[3]))
+    if num_images == 0:
+        raise UserError(f'the validation set of {config.DATA.DATASET} at {config.DATA.DATA_PATH!r} has no images')
+    return {'acc1': totals[0] / num_images, 'acc5': totals[1] / num_images, 'loss': totals[2] / num_images,
+            'num_images': num_images, 'images_per_sec': num_images / elapsed}
+
+
+# -------------------------------------------------------------------------------------------------- runs
+
+def run(config):
+    """Evaluate (EVAL) or train as `config` says, in this process; returns the final metrics dict."""
+    paddle.set_device('gpu' if paddle.device.cuda.device_count() > 0 else 'cpu')
+    logger = utils.setup_logger(config.SAVE)
+    if utils.is_main_process():
+        with open(os.path.join(config.SAVE, 'config.yaml'), 'w', encoding='utf-8') as file:
+            file.write(config.dump())
+    amp = 'on' if amp_enabled(config) else 'off (Paddle has no AMP on a CPU)' if config.AMP else 'off'
+    logger.info(f'rank {utils.get_rank()} of {utils.get_world_size()} (pid {os.getpid()}) on {paddle.get_device()}, '
+                f'AMP {amp}; resolved config in {os.path.join(config.SAVE, "config.yaml")}')
+    return evaluate(config, logger) if config.EVAL else train(config, logger)
+
+
+def build_loader(config, is_train):
+    """The train or validation DataLoader, split over the ranks when there are several."""
+    dataset = datasets.get_dataset(config, is_train)
+    return datasets.get_dataloader(config, dataset, is_train, distributed=utils.get_world_size() > 1)
+
+
+def evaluate(config, logger):
+    """Evaluate MODEL.PRETRAINED; rank 0 writes SAVE/metrics.json. Returns the metrics."""
+    seed_everything(config.SEED)
+    model = build_repmlp(config)
+    utils.load_weights(model, config.MODEL.PRETRAINED)
+    metrics = validate(model, build_loader(config, is_train=False), config, logger)
+    if utils.is_main_process():
+        utils.write_json(metrics, os.path.join(config.SAVE, 'metrics.json'))
+    logger.info(f'{config.MODEL.PRETRAINED}: acc1 {metrics["acc1"]:.5f} acc5 {metrics["acc5"]:.5f} '
+                f'loss {metrics["loss"]:.5f} on {metrics["num_images"]} images, {metrics["images_per_sec"]:.1f} img/s')
+    return metrics
+
+
+def build_trainer(config, logger, steps_per_epoch):
+    """Model (from PRETRAINED if given), EMA, LR schedule, optimizer, scaler, AMP O2 casting, DataParallel."""
+    world_size = utils.get_world_size()
+    seed_everything(config.SEED)  # the same initial weights on every rank
+    model = build_repmlp(config)
+    if config.MODEL.PRETRAINED:
+        utils.load_weights(model, config.MODEL.PRETRAINED)
+    ema = ModelEma(config, model) if config.TRAIN.MODEL_EMA else None
+    lrs = learning_rates(config, world_size)
+    logger.info('derived: ' + ', '.join(f'{key} {value:g}' for key, value in lrs.items())
+                + f', {steps_per_epoch} optimizer steps per epoch')
+    lr_scheduler = build_lr_scheduler(config, lrs, steps_per_epoch)
+    optimizer = build_optimizer(config, model, lr_scheduler)
+    use_scaler = amp_enabled(config) and config.AMP_DTYPE == 'float16'
+    scaler = paddle.amp.GradScaler(enable=use_scaler, init_loss_scaling=LOSS_SCALE)
+    if amp_enabled(config) and config.AMP_LEVEL == 'O2':
+        model, optimizer = paddle.amp.decorate(models=model, optimizers=optimizer, level='O2',
+                                               dtype=config.AMP_DTYPE, save_dtype='float32')
+    mixup = transforms.build_mixup(config)
+    return Trainer(config=config, model=paddle.DataParallel(model) if world_size > 1 else model, raw_model=model,
+                   optimizer=optimizer, lr_scheduler=lr_scheduler, scaler=scaler, ema=ema, mixup=mixup,
+                   criterion=build_criterion(config, mixup), logger=logger)
+
+
+def restore(trainer, path):
+    """Load a training checkpoint into `trainer` (including its best accuracies); returns the epochs done."""
+    state = utils.load_checkpoint(path)
+    if trainer.config.TRAIN.LAST_EPOCH not in (0, state['epoch']):
+        raise ConfigError(f'-last_epoch {trainer.config.TRAIN.LAST_EPOCH} contradicts {path}, which is after epoch '
+                          f'{state["epoch"]}; drop -last_epoch when resuming')
+    if (state['ema'] is None) != (trainer.ema is None):
+        raise ConfigError(f'{path} was trained with TRAIN.MODEL_EMA {state["ema"] is not None}; use the same setting')
+    utils.check_state_dict(trainer.raw_model, state['model'], path)
+    trainer.raw_model.set_state_dict(state['model'])
+    trainer.optimizer.set_state_dict(state['optimizer'])
+    trainer.lr_scheduler.set_state_dict(state['lr_scheduler'])
+    if state['scaler']:
+        trainer.scaler.load_state_dict(state['scaler'])
+    if trainer.ema is not None:
+        trainer.ema.model.set_state_dict(state['ema'])
+    trainer.best_acc1.update(state['best_acc1'])
+    return state['epoch']
+
+
+def checkpoint(trainer, epochs_done):
+    """Rank 0 writes the training checkpoint after `epochs_done` epochs (and deletes the older surplus)."""
+    config = trainer.config
+    path = utils.save_checkpoint(
+        config.SAVE, config.KEEP_LAST, model=trainer.raw_model.state_dict(), optimizer=trainer.optimizer.state_dict(),
+        lr_scheduler=trainer.lr_scheduler.state_dict(), scaler=trainer.scaler.state_dict(),
+        ema=trainer.ema.model.state_dict() if trainer.ema is not None else None, epoch=epochs_done,
+        best_acc1=dict(trainer.best_acc1), config=config.dump())
+    trainer.logger.info(f'saved {path}')
+
+
+def train(config, logger):
+    """Train from scratch, PRETRAINED weights or a RESUME checkpoint to TRAIN.NUM_EPOCHS; returns the last stats."""
+    train_loader = build_loader(config, is_train=True)
+    val_loader = build_loader(config, is_train=False)
+    steps_per_epoch = len(train_loader) // config.TRAIN.ACCUM_ITER
+    if steps_per_epoch == 0:
+        raise ConfigError(f'the training set gives {len(train_loader)} batches per process, fewer than '
+                          f'TRAIN.ACCUM_ITER={config.TRAIN.ACCUM_ITER}: lower -batch_size or -accum_iter')
+    trainer = build_trainer(config, logger, steps_per_epoch)
+    start_epoch = config.TRAIN.LAST_EPOCH
+    resume = utils.resolve_resume(config.MODEL.RESUME, config.SAVE) if config.MODEL.RESUME else None
+    if resume:
+        start_epoch = restore(trainer, resume)
+        logger.info(f'resumed from {resume} after epoch {start_epoch}')
+    elif config.MODEL.RESUME:
+        logger.info(f'-resume auto: no checkpoint in {config.SAVE}, starting at epoch {start_epoch + 1}')
+    stats = {}
+    for epoch in range(start_epoch, config.TRAIN.NUM_EPOCHS):
+        stats = train_and_validate_epoch(trainer, train_loader, val_loader, epoch)
+    return stats
+
+
+def train_and_validate_epoch(trainer, train_loader, val_loader, epoch):
+    """Train one epoch, sync BN statistics, validate and save as configured; log and return one stats dict."""
+    config, logger = trainer.config, trainer.logger
+    seed_everything(config.SEED, epoch, utils.get_rank())
+    train_loader.batch_sampler.set_epoch(epoch)
+    train_loader.dataset.reset_bad_image_count()
+    stats = {'epoch': epoch + 1, **train_one_epoch(trainer, train_loader, epoch)}
+    stats['skipped_images'] = int(utils.all_reduce_sum([train_loader.dataset.bad_image_count()])[0])
+    utils.broadcast_running_statistics(trainer.raw_model)
+    if trainer.ema is not None:
+        utils.broadcast_running_statistics(trainer.ema.model)
+    stats['param_rank_spread'] = utils.parameter_rank_spread(trainer.raw_model)
+    done = epoch + 1
+    last = done == config.TRAIN.NUM_EPOCHS
+    if done % config.VALIDATE_FREQ == 0 or last:
+        stats.update(_validate_and_keep_best(trainer, trainer.raw_model, val_loader, 'val'))
+        if trainer.ema is not None:
+            stats.update(_validate_and_keep_best(trainer, trainer.ema.model, val_loader, 'ema'))
+    stats.update({f'best_{prefix}_acc1': value for prefix, value in trainer.best_acc1.items()})
+    if (done % config.SAVE_FREQ == 0 or last) and utils.is_main_process():
+        checkpoint(trainer, done)
+    logger.info(f'epoch {done}: ' + ' '.join(f'{key} {value:.5g}' for key, value in stats.items()))
+    if utils.is_main_process():
+        utils.write_json(stats, os.path.join(config.SAVE, 'log.jsonl'), append=True)
+    return stats
+
+
+def _validate_and_keep_best(trainer, model, loader, prefix):
+    """Validate `model` (the trained one for prefix 'val', the EMA for 'ema'); when its acc1 is a new best, rank 0
+    saves its weights as best.pdparams or best_ema.pdparams. Returns the metrics with keys `prefix`_*.
+    """
+    config = trainer.config
+    metrics = validate(model, loader, config, trainer.logger)
+    if metrics['acc1'] > trainer.best_acc1.get(prefix, -1.0):
+        trainer.best_acc1[prefix] = metrics['acc1']
+        if utils.is_main_process():
+            name = 'best.pdparams' if prefix == 'val' else f'best_{prefix}.pdparams'
+            utils.save_atomically(model.state_dict(), os.path.join(config.SAVE, name))
+    return {f'{prefix}_{key}': value for key, value in metrics.items()}

@@ -1,0 +1,262 @@
+"""engine.py and the entry points on the CPU: the tiny model of tests/configs/tiny_demo.yaml on the demo data.
+
+Runs go through main_single_gpu.py / main_multi_gpu.py as a user starts them, in their own process group,
+with a timeout that kills the whole group, so a stuck collective fails the test instead of hanging CI.
+"""
+
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import paddle
+import pytest
+
+import engine
+from config import get_config
+from repmlp import build_repmlp
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, 'tests', 'configs', 'tiny_demo.yaml')
+EPOCHS = 8
+CHANCE = 1 / 6  # the demo data has six classes
+
+
+def run(script, args, timeout=240, threads='1'):
+    """Run `script` with `args`; returns (exit code, stdout + stderr). Kills its process group on timeout."""
+    env = {**os.environ, 'OMP_NUM_THREADS': threads}
+    process = subprocess.Popen([sys.executable, os.path.join(ROOT, script)] + args, cwd=ROOT, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        pytest.fail(f'{script} {" ".join(args)} did not finish in {timeout}s:\n{output[-3000:]}')
+    return process.returncode, output
+
+
+def train_args(data_path, output, *opts):
+    return ['-cfg', TINY, '-data_path', data_path, '-output', output, '-opts', *opts]
+
+
+def epochs(output):
+    with open(os.path.join(output, 'log.jsonl'), encoding='utf-8') as file:
+        return [json.loads(line) for line in file]
+
+
+@pytest.fixture(scope='session')
+def demo_path(tmp_path_factory):
+    return str(tmp_path_factory.mktemp('data') / 'demo')
+
+
+@pytest.fixture(scope='session')
+def trained(demo_path, tmp_path_factory):
+    """An EPOCHS-long single-process run with EMA; its output folder."""
+    output = str(tmp_path_factory.mktemp('trained'))
+    code, log = run('main_single_gpu.py', train_args(demo_path, output, 'TRAIN.NUM_EPOCHS', str(EPOCHS),
+                                                     'TRAIN.MODEL_EMA', 'True', 'TRAIN.MODEL_EMA_DECAY', '0.9',
+                                                     'KEEP_LAST', '2'), threads='2')
+    assert code == 0, log[-3000:]
+    return output
+
+
+# ------------------------------------------------------------------------------------------ unit tests
+
+def test_learning_rates_scale_with_the_effective_batch():
+    config = get_config(os.path.join(ROOT, 'configs', 'recipes', 'official.yaml'))
+    lrs = engine.learning_rates(config, world_size=8)  # 8 x 32 images, the official set-up
+    assert lrs['effective_batch'] == 256 and lrs['base_lr'] == pytest.approx(1e-3)
+    assert lrs['warmup_start_lr'] == pytest.approx(5e-7) and lrs['end_lr'] == 0.0
+    assert engine.learning_rates(config, world_size=4)['base_lr'] == pytest.approx(5e-4)
+
+
+def test_lr_schedule_has_the_documented_values():
+    config = get_config(os.path.join(ROOT, 'configs', 'recipes', 'official.yaml'))
+    steps_per_epoch = 10
+    schedule = engine.build_lr_scheduler(config, engine.learning_rates(config, 8), steps_per_epoch)
+    values = []
+    for _ in range(100 * steps_per_epoch + 1):
+        values.append(schedule.get_lr())
+        schedule.step()
+    warmup = 10 * steps_per_epoch
+    assert values[0] == pytest.approx(5e-7)  # first step: the warmup start
+    assert values[warmup // 2] == pytest.approx((5e-7 + 1e-3) / 2)  # linear warmup
+    assert values[warmup] == pytest.approx(1e-3)  # the peak, at the end of warmup
+    assert values[warmup + 450] == pytest.approx(0.5e-3)  # half-way through the cosine
+    assert values[-1] == pytest.approx(0.0, abs=1e-12)  # the cosine ends at END_LR = 0
+    assert all(a >= b for a, b in zip(values[warmup:], values[warmup + 1:]))
+
+
+def test_schedule_resumes_at_last_epoch():
+    config = get_config(TINY)
+    config.defrost()
+    config.TRAIN.LAST_EPOCH = 2
+    schedule = engine.build_lr_scheduler(config, engine.learning_rates(config, 1), steps_per_epoch=7)
+    assert schedule.last_epoch == 14
+
+
+def test_weight_decay_skips_batch_norm_and_biases():
+    paddle.set_device('cpu')
+    config = get_config(TINY)
+    model = build_repmlp(config)
+    skipped = engine.no_decay_names(model)
+    for name, param in model.named_parameters():
+        if not param.stop_gradient:
+            assert (name in skipped) == (len(param.shape) == 1), name  # BN scales/shifts and biases are the 1-D ones
+    lr, decay = 0.5, config.TRAIN.WEIGHT_DECAY
+    optimizer = engine.build_optimizer(config, model, lr)
+    trained = {name: param for name, param in model.named_parameters() if not param.stop_gradient}
+    before = {name: param.numpy().copy() for name, param in trained.items()}
+    model.eval()  # keep the BN statistics fixed; only the optimizer may change anything
+    # zero gradients: AdamW's update is then exactly the decay, param * (1 - lr * decay), or nothing
+    (model(paddle.zeros([2, 3, 32, 32])).sum() * 0).backward()
+    optimizer.step()
+    for name, param in trained.items():
+        factor = 1.0 if name in skipped else 1 - lr * decay
+        np.testing.assert_allclose(param.numpy(), before[name] * factor, rtol=1e-6, atol=1e-7, err_msg=name)
+
+
+# ------------------------------------------------------------------------------------------ runs
+
+def test_training_lowers_the_loss_and_learns(trained):
+    stats = epochs(trained)
+    assert [s['epoch'] for s in stats] == list(range(1, EPOCHS + 1))
+    losses = [s['train_loss'] for s in stats]
+    print('demo loss curve:', [round(loss, 4) for loss in losses], 'val acc1:', [s['val_acc1'] for s in stats])
+    assert losses[-1] < losses[0] - 0.3
+    assert stats[-1]["val_acc1"] > CHANCE + 0.15
+    assert sorted(name for name in os.listdir(trained) if name.endswith('.pdparams')) == [
+        'best.pdparams', 'best_ema.pdparams', f'checkpoint-{EPOCHS - 1:04d}.pdparams',
+        f'checkpoint-{EPOCHS:04d}.pdparams']
+    assert os.path.isfile(os.path.join(trained, 'config.yaml')) and os.path.isfile(os.path.join(trained, 'log.txt'))
+
+
+def flatten(state, prefix=''):
+    flat = {}
+    for key, value in state.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f'{prefix}{key}/'))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def test_resume_gives_the_same_result_as_not_stopping(trained, demo_path, tmp_path):
+    """Continue from the checkpoint of epoch N-1 of the straight run; epoch N must come out identical."""
+    resumed = str(tmp_path)
+    shutil.copy(os.path.join(trained, f'checkpoint-{EPOCHS - 1:04d}.pdparams'), resumed)
+    code, log = run('main_single_gpu.py', ['-resume', 'auto'] + train_args(
+        demo_path, resumed, 'TRAIN.NUM_EPOCHS', str(EPOCHS), 'TRAIN.MODEL_EMA', 'True', 'TRAIN.MODEL_EMA_DECAY', '0.9',
+        'KEEP_LAST', '2'), threads='2')
+    assert code == 0, log[-3000:]
+    assert f'after epoch {EPOCHS - 1}' in log
+    straight = flatten(paddle.load(os.path.join(trained, f'checkpoint-{EPOCHS:04d}.pdparams')))
+    again = flatten(paddle.load(os.path.join(resumed, f'checkpoint-{EPOCHS:04d}.pdparams')))
+    assert straight.keys() == again.keys()
+    assert any(key.startswith('optimizer/') for key in straight) and any(key.startswith('ema/') for key in straight)
+    for key in set(straight) - {'config'}:  # the configs differ in SAVE and RESUME only
+        a, b = straight[key], again[key]
+        if isinstance(a, paddle.Tensor):
+            np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=key)
+        else:
+            assert a == b, key
+    for key in ('train_loss', 'lr', 'val_acc1', 'val_loss', 'ema_acc1', 'best_val_acc1'):
+        assert epochs(resumed)[-1][key] == epochs(trained)[-1][key], key
+
+
+def test_two_ranks_equal_one_process_averaging_their_gradients(tmp_path):
+    code, log = run(os.path.join('tests', 'two_rank_step.py'), [str(tmp_path), 'ranks'], timeout=180)
+    assert code == 0, log[-3000:]
+    code, log = run(os.path.join('tests', 'two_rank_step.py'), [str(tmp_path), 'single'], timeout=120)
+    assert code == 0, log[-3000:]
+    rank0, rank1, single = (np.load(tmp_path / f'{name}.npz') for name in ('rank0', 'rank1', 'single'))
+    assert float(single['moved']) > 1e-3  # the step really changed the weights
+    names = [name for name in single.files if name != 'moved']
+    for name in names:
+        np.testing.assert_array_equal(rank0[name], rank1[name], err_msg=name)
+    difference = max(float(np.abs(rank0[name] - single[name]).max()) for name in names)
+    print('largest difference, 2 ranks vs 1 process:', difference)
+    assert difference < 1e-5
+
+
+def test_multi_process_training_keeps_ranks_in_sync(demo_path, tmp_path):
+    output = str(tmp_path)
+    code, log = run('main_multi_gpu.py', ['-nprocs', '2'] + train_args(demo_path, output, 'TRAIN.NUM_EPOCHS', '1'))
+    assert code == 0, log[-3000:]
+    stats = epochs(output)
+    assert len(stats) == 1 and stats[0]['param_rank_spread'] == 0.0
+    assert os.path.isfile(os.path.join(output, 'log_rank1.txt'))
+    assert os.path.isfile(os.path.join(output, 'checkpoint-0001.pdparams'))
+
+
+def test_eval_counts_every_image_once_for_any_process_count(trained, demo_path, tmp_path):
+    """97 images (prime): no batch size (16) and no process count (2, 3) divides it."""
+    data = tmp_path / 'data'
+    data.mkdir()
+    os.symlink(os.path.join(demo_path, 'val'), data / 'val')
+    with open(os.path.join(demo_path, 'val_list.txt'), encoding='utf-8') as file:
+        lines = file.read().splitlines()[:97]
+    (data / 'val_list.txt').write_text('\n'.join(lines) + '\n')
+    weights = os.path.join(trained, 'best.pdparams')
+    results = []
+    for nprocs in (1, 2, 3):
+        output = str(tmp_path / f'eval{nprocs}')
+        args = ['-cfg', TINY, '-eval', '-pretrained', weights, '-data_path', str(data), '-output', output,
+                '-batch_size_eval', '16']
+        script = 'main_single_gpu.py' if nprocs == 1 else 'main_multi_gpu.py'
+        code, log = run(script, args if nprocs == 1 else ['-nprocs', str(nprocs)] + args)
+        assert code == 0, log[-3000:]
+        with open(os.path.join(output, 'metrics.json'), encoding='utf-8') as file:
+            results.append(json.load(file))
+    print('eval with 1, 2, 3 processes:', results)
+    for metrics in results:
+        assert metrics['num_images'] == 97
+        assert metrics['acc1'] == results[0]['acc1'] and metrics['acc5'] == results[0]['acc5']
+        assert metrics['loss'] == pytest.approx(results[0]['loss'], rel=1e-6)
+        assert math.isclose(metrics['acc1'] * 97, round(metrics['acc1'] * 97))
+
+
+def test_amp_and_mixup_run(demo_path, tmp_path):
+    code, log = run('main_single_gpu.py', ['-amp', '-accum_iter', '2'] + train_args(
+        demo_path, str(tmp_path), 'TRAIN.NUM_EPOCHS', '1', 'AUG.MIXUP', '0.4', 'AUG.CUTMIX', '1.0'), threads='2')
+    assert code == 0, log[-3000:]
+    assert 'AMP off (Paddle has no AMP on a CPU)' in log or 'AMP on' in log
+    assert math.isfinite(epochs(str(tmp_path))[0]['train_loss'])
+
+
+def test_non_finite_loss_stops_with_a_clear_message(demo_path, tmp_path):
+    code, log = run('main_single_gpu.py', train_args(demo_path, str(tmp_path), 'TRAIN.BASE_LR', '1e9',
+                                                     'TRAIN.WARMUP_EPOCHS', '0'), threads='2')
+    assert code == 2
+    assert 'error: epoch 1, batch' in log and 'the loss is' in log and 'Traceback' not in log
+    assert not [name for name in os.listdir(tmp_path) if name.startswith('checkpoint-')]
+
+
+def test_a_dead_rank_ends_the_job_with_an_error(demo_path, tmp_path):
+    """Kill rank 1 in the middle of training: the launcher must stop rank 0 and exit non-zero, not hang."""
+    output = str(tmp_path)
+    args = ['-nprocs', '2'] + train_args(demo_path, output, 'TRAIN.NUM_EPOCHS', '50', 'REPORT_FREQ', '1')
+    process = subprocess.Popen([sys.executable, os.path.join(ROOT, 'main_multi_gpu.py')] + args, cwd=ROOT,
+                               env={**os.environ, 'OMP_NUM_THREADS': '1'}, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        rank_log = os.path.join(output, 'log_rank1.txt')
+        deadline = time.time() + 120
+        while not (os.path.isfile(rank_log) and 'Epoch 1/' in open(rank_log, encoding='utf-8').read()):
+            assert process.poll() is None and time.time() < deadline, 'the job did not start training'
+            time.sleep(0.2)
+        pid = int(re.search(r'\(pid (\d+)\)', open(rank_log, encoding='utf-8').read()).group(1))
+        os.kill(pid, signal.SIGKILL)
+        _, errors = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        pytest.fail('the job hung after a rank died')
+    assert process.returncode != 0
+    assert 'a rank failed, the job was stopped' in errors and 'SIGKILL' in errors

@@ -1,0 +1,207 @@
+"""Benchmarks of this repository's parts, one subcommand each.
+
+    python tools/benchmark.py data [-images 64] [-repeats 5] [-batch_size 32]
+
+`data`: images per second per worker process of the train and eval pipelines on photo-like JPEGs of
+ImageNet's typical size (500x375), against a baseline built the PaddleViT way in the same run (PIL, then
+paddle.vision transforms, float normalisation and erasing in the worker). Both pipelines run the same
+augmentations; the figures are medians over repeats after a warm-up pass, measured twice: in one process
+(what a worker does: load, transform, collate) and through a DataLoader with one worker process (adding the
+transfer of the batches to the main process).
+"""
+
+import argparse
+import math
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import paddle  # noqa: E402
+from paddle.io import DataLoader, Dataset  # noqa: E402
+from paddle.vision import transforms as T  # noqa: E402
+from PIL import Image, ImageDraw, ImageFilter  # noqa: E402
+
+import datasets  # noqa: E402
+import transforms  # noqa: E402
+from config import get_config  # noqa: E402
+
+JPEG_SIZE = (500, 375)  # ImageNet's typical image size
+NUM_CLASSES = 10
+
+
+def machine_info():
+    """'N cores, CPU model, Python, Paddle, Pillow' for the report."""
+    model = platform.processor() or 'unknown CPU'
+    try:
+        with open('/proc/cpuinfo', encoding='utf-8') as f:
+            model = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
+    except (OSError, StopIteration):
+        pass
+    import PIL
+    return (f'{os.cpu_count()} cores, {model}, Python {platform.python_version()}, Paddle {paddle.__version__}, '
+            f'Pillow {PIL.__version__}')
+
+
+def photo_like_jpeg(path, rng):
+    """A 500x375 JPEG with smooth gradients, a few blurred shapes and sensor-like noise."""
+    width, height = JPEG_SIZE
+    y, x = np.mgrid[0:height, 0:width] / max(width, height)
+    base = rng.uniform(40, 200, 3) + rng.uniform(-80, 80, 3) * x[..., None] + rng.uniform(-80, 80, 3) * y[..., None]
+    image = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    for _ in range(6):
+        cx, cy, r = rng.uniform(0, width), rng.uniform(0, height), rng.uniform(20, 120)
+        draw.ellipse((cx - r, cy - r * rng.uniform(0.5, 1.5), cx + r, cy + r), fill=tuple(rng.integers(0, 256, 3)))
+    image = image.filter(ImageFilter.GaussianBlur(1.5))
+    noisy = np.asarray(image, dtype=np.float32) + rng.normal(0, 6, (height, width, 3))
+    Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(path, quality=90)
+
+
+def write_jpegs(root, count):
+    """`count` JPEGs under root with train_list.txt and val_list.txt naming all of them."""
+    rng = np.random.default_rng(0)
+    lines = []
+    for index in range(count):
+        name = f'img_{index:04d}.jpg'
+        photo_like_jpeg(os.path.join(root, name), rng)
+        lines.append(f'{name} {index % NUM_CLASSES}\n')
+    for list_name in ('train_list.txt', 'val_list.txt'):
+        with open(os.path.join(root, list_name), 'w', encoding='utf-8') as f:
+            f.writelines(lines)
+
+
+class PaddleVitRandomErasing:
+    """The baseline's erasing: after normalisation, on the paddle tensor, N(0, 1) noise in a random box."""
+
+    def __init__(self, prob):
+        self.prob = prob
+
+    def __call__(self, tensor):
+        if random.random() >= self.prob:
+            return tensor
+        _, height, width = tensor.shape
+        for _ in range(10):
+            area = height * width * random.uniform(*transforms.ERASE_AREA)
+            aspect = math.exp(random.uniform(*transforms.ERASE_LOG_RATIO))
+            h, w = int(round(math.sqrt(area * aspect))), int(round(math.sqrt(area / aspect)))
+            if h < height and w < width:
+                top, left = random.randint(0, height - h), random.randint(0, width - w)
+                tensor[:, top:top + h, left:left + w] = paddle.normal(shape=[3, h, w])
+                break
+        return tensor
+
+
+class PaddleVitDataset(Dataset):
+    """The baseline dataset: PIL open and convert('RGB'), then a paddle.vision Compose, as PaddleViT does."""
+
+    def __init__(self, data_path, transform):
+        super().__init__()
+        self.samples = datasets.read_list_file(os.path.join(data_path, 'val_list.txt'), NUM_CLASSES)
+        self.data_path = data_path
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, index):
+        path, label = self.samples[index]
+        image = Image.open(os.path.join(self.data_path, path)).convert('RGB')
+        return self.transform(image), label
+
+
+def paddlevit_transform(config, is_train):
+    """PaddleViT's train (DeiT recipe with RandAugment) or val transforms, from paddle.vision."""
+    data = config.DATA
+    normalize = [T.ToTensor(), T.Normalize(mean=data.IMAGENET_MEAN, std=data.IMAGENET_STD)]
+    if not is_train:
+        resize = transforms.eval_resize_size(data.IMAGE_SIZE, data.CROP_PCT)
+        return T.Compose([T.Resize(resize, 'bilinear'), T.CenterCrop(data.IMAGE_SIZE)] + normalize)
+    rand_augment = transforms.RandAugment(config.AUG.RAND_MAGNITUDE, config.AUG.RAND_LAYERS)
+    return T.Compose([T.RandomResizedCrop(data.IMAGE_SIZE, scale=transforms.RRC_SCALE, interpolation='bicubic'),
+                      T.RandomHorizontalFlip(), rand_augment] + normalize
+                     + [PaddleVitRandomErasing(config.AUG.RE_PROB)])
+
+
+def in_process_rate(dataset, collate, batch_size):
+    """Images per second of load + transform + collate over the whole dataset, in this process."""
+    start = time.perf_counter()
+    for first in range(0, len(dataset), batch_size):
+        collate([dataset[i] for i in range(first, min(first + batch_size, len(dataset)))])
+    return len(dataset) / (time.perf_counter() - start)
+
+
+def loader_rate(dataset, collate, batch_size):
+    """Images per second through a DataLoader with one worker process, the first batch not timed."""
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=1, collate_fn=collate, shuffle=False)
+    count, start = 0, None
+    for images, _ in loader:
+        if start is None:
+            start = time.perf_counter()
+            continue
+        count += images.shape[0]
+    return count / (time.perf_counter() - start)
+
+
+def median_rate(measure, dataset, collate, batch_size, repeats):
+    """Median of `repeats` measurements after one warm-up."""
+    measure(dataset, collate, batch_size)
+    return statistics.median(measure(dataset, collate, batch_size) for _ in range(repeats))
+
+
+def bench_data(args):
+    """The `data` subcommand: prints a table of images/s per worker process, ours against the baseline."""
+    print(machine_info())
+    config = get_config()
+    config.defrost()
+    config.MODEL.NUM_CLASSES = NUM_CLASSES
+    with tempfile.TemporaryDirectory() as root:
+        write_jpegs(root, args.images)
+        config.DATA.DATA_PATH = root
+        print(f'{args.images} JPEGs of {JPEG_SIZE[0]}x{JPEG_SIZE[1]}, IMAGE_SIZE {config.DATA.IMAGE_SIZE}, '
+              f'batch {args.batch_size}, median of {args.repeats} after a warm-up; train: recipe '
+              f'{config.AUG.RECIPE}, RandAugment m{config.AUG.RAND_MAGNITUDE} n{config.AUG.RAND_LAYERS}, '
+              f'erasing p={config.AUG.RE_PROB}; eval: resize {config.DATA.INTERPOLATION} + center crop')
+        print(f'{"pipeline":<10}{"measured":<22}{"baseline img/s":>16}{"ours img/s":>12}{"ratio":>8}')
+        for is_train in (True, False):
+            ours = datasets.get_dataset(config, is_train)
+            baseline = PaddleVitDataset(root, paddlevit_transform(config, is_train))
+            for label, measure in (('in one process', in_process_rate), ('DataLoader, 1 worker', loader_rate)):
+                base = median_rate(measure, baseline, paddle.io.dataloader.collate.default_collate_fn,
+                                   args.batch_size, args.repeats)
+                mine = median_rate(measure, ours, datasets.collate_uint8, args.batch_size, args.repeats)
+                name = 'train' if is_train else 'eval'
+                print(f'{name:<10}{label:<22}{base:>16.1f}{mine:>12.1f}{mine / base:>7.2f}x', flush=True)
+
+
+SUBCOMMANDS = {
+    'data': bench_data,
+}
+
+
+def build_parser():
+    """The argparse parser: one sub-parser per entry of SUBCOMMANDS."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest='command', required=True)
+    data = commands.add_parser('data', help='data pipeline throughput against the PaddleViT-style baseline')
+    data.add_argument('-images', type=int, default=64, help='JPEGs to generate and read per pass')
+    data.add_argument('-repeats', type=int, default=5, help='timed passes after the warm-up')
+    data.add_argument('-batch_size', type=int, default=32, help='images per collated batch')
+    return parser
+
+
+def main(argv=None):
+    """Command-line entry."""
+    args = build_parser().parse_args(argv)
+    SUBCOMMANDS[args.command](args)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""Write train_list.txt and val_list.txt for an ImageNet-style folder tree.
+
+    python tools/make_list_files.py ROOT
+
+ROOT holds train/<class>/<image> and val/<class>/<image>. Labels are the indices of the class folders of
+train/ in sorted order, which for ImageNet's synset folders (n01440764, ...) is the standard label order
+that the released weights use. Each line is `split/class/file label`, relative to ROOT.
+"""
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from config import UserError  # noqa: E402
+
+IMAGE_EXTENSIONS = ('.jpeg', '.jpg', '.png', '.bmp', '.webp', '.tif', '.tiff', '.gif', '.ppm', '.pgm')
+SPLITS = (('train', 'train_list.txt'), ('val', 'val_list.txt'))
+
+
+class ListFileError(UserError):
+    """A folder tree that cannot be turned into list files."""
+
+
+def class_folders(split_dir):
+    """Sorted names of the sub-folders of `split_dir`."""
+    if not os.path.isdir(split_dir):
+        raise ListFileError(f'{split_dir}: folder not found; ROOT must hold train/<class>/ and val/<class>/')
+    classes = sorted(entry.name for entry in os.scandir(split_dir) if entry.is_dir())
+    if not classes:
+        raise ListFileError(f'{split_dir}: no class folders inside')
+    return classes
+
+
+def list_lines(root, split, labels):
+    """['split/class/file label\\n'] for every image under root/split, classes and files sorted."""
+    lines = []
+    for name in class_folders(os.path.join(root, split)):
+        if name not in labels:
+            raise ListFileError(f'{os.path.join(root, split, name)}: class folder missing from train/')
+        folder = os.path.join(root, split, name)
+        for file_name in sorted(os.listdir(folder)):
+            if file_name.lower().endswith(IMAGE_EXTENSIONS):
+                lines.append(f'{split}/{name}/{file_name} {labels[name]}\n')
+    if not lines:
+        raise ListFileError(f'{os.path.join(root, split)}: no images found')
+    return lines
+
+
+def make_list_files(root):
+    """Write root/train_list.txt and root/val_list.txt; return {list file: number of images}."""
+    labels = {name: index for index, name in enumerate(class_folders(os.path.join(root, 'train')))}
+    written = {}
+    for split, list_name in SPLITS:
+        lines = list_lines(root, split, labels)
+        path = os.path.join(root, list_name)
+        with open(path, 'w', encoding='utf-8') as f:
+            f.writelines(lines)
+        written[path] = len(lines)
+    return written
+
+
+def main(argv=None):
+    """Command-line entry: returns the exit code."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('root', help='folder holding train/<class>/ and val/<class>/')
+    args = parser.parse_args(argv)
+    try:
+        written = make_list_files(args.root)
+    except UserError as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 2
+    for path, count in written.items():
+        print(f'{path}: {count} images')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
