@@ -276,9 +276,11 @@ def write_demo_dataset(data_path):
     try:
         _write_demo_files(staging)
         os.rename(staging, data_path)
-    except OSError:
+    except OSError as err:
+        # Losing the race to another process is fine; anything else at data_path is the user's to fix.
         if not os.path.isfile(os.path.join(data_path, LIST_FILES[False])):
-            raise
+            raise DatasetError(f'{data_path}: cannot put the demo dataset there ({err.strerror}); remove '
+                               'the folder or give another DATA.DATA_PATH') from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     logger.info('wrote the demo dataset to %s', data_path)

@@ -238,3 +238,11 @@ def test_benchmark_data_runs(capsys):
     assert benchmark.main(['data', '-images', '6', '-repeats', '1', '-batch_size', '3']) == 0
     out = capsys.readouterr().out
     assert 'cores' in out and out.count('x\n') == 4
+
+
+def test_demo_dataset_refuses_a_folder_in_the_way(tmp_path):
+    (tmp_path / 'demo').mkdir()
+    (tmp_path / 'demo' / 'notes.txt').write_text('mine')
+    with pytest.raises(DatasetError, match='cannot put the demo dataset there'):
+        datasets.write_demo_dataset(str(tmp_path / 'demo'))
+    assert os.listdir(tmp_path) == ['demo']

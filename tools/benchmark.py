@@ -1,6 +1,6 @@
 """Benchmarks of this repository's parts, one subcommand each.
 
-    python tools/benchmark.py data [-images 64] [-repeats 5] [-batch_size 32]
+    python tools/benchmark.py data [-images 256] [-repeats 5] [-batch_size 32]
 
 `data`: images per second per worker process of the train and eval pipelines on photo-like JPEGs of
 ImageNet's typical size (500x375), against a baseline built the PaddleViT way in the same run (PIL, then
@@ -190,7 +190,7 @@ def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest='command', required=True)
     data = commands.add_parser('data', help='data pipeline throughput against the PaddleViT-style baseline')
-    data.add_argument('-images', type=int, default=64, help='JPEGs to generate and read per pass')
+    data.add_argument('-images', type=int, default=256, help='JPEGs to generate and read per pass')
     data.add_argument('-repeats', type=int, default=5, help='timed passes after the warm-up')
     data.add_argument('-batch_size', type=int, default=32, help='images per collated batch')
     return parser
