@@ -1,6 +1,7 @@
 """Benchmarks of this repository's parts, one subcommand each.
 
     python tools/benchmark.py data [-images 256] [-repeats 5] [-batch_size 32]
+    python tools/benchmark.py train [-cfg configs/repmlp_t_224.yaml] [-batch_size 8] [-repeats 5]
 
 `data`: images per second per worker process of the train and eval pipelines on photo-like JPEGs of
 ImageNet's typical size (500x375), against a baseline built the PaddleViT way in the same run (PIL, then
@@ -8,30 +9,45 @@ paddle.vision transforms, float normalisation and erasing in the worker). Both p
 augmentations; the figures are medians over repeats after a warm-up pass, measured twice: in one process
 (what a worker does: load, transform, collate) and through a DataLoader with one worker process (adding the
 transfer of the batches to the main process).
+
+`train`: one full optimizer step (normalise, Mixup/CutMix, forward, loss, backward, AdamW) through the
+training loop of engine.py, in images/s and as a fraction of the machine's float32 matrix-multiply peak
+(a 2048^3 matmul timed in the same run), counting a step as 3x the forward MACs. Each variant runs in a fresh
+process so that its peak resident memory is its own; the baseline is the same step with fc3 computed as the
+official grouped 1x1 convolution. AMP is timed too where Paddle supports it (a GPU).
 """
 
 import argparse
+import logging
 import math
+import multiprocessing
 import os
 import platform
 import random
 import statistics
 import sys
+import resource
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
+import runtime  # noqa: E402,F401  (before paddle: CPU threads, MKL path, memory reuse)
 import paddle  # noqa: E402
+import paddle.nn.functional as F  # noqa: E402
 from paddle.io import DataLoader, Dataset  # noqa: E402
 from paddle.vision import transforms as T  # noqa: E402
 from PIL import Image, ImageDraw, ImageFilter  # noqa: E402
 
 import datasets  # noqa: E402
+import engine  # noqa: E402
 import transforms  # noqa: E402
 from config import get_config  # noqa: E402
+from model_info import count_macs  # noqa: E402
+from repmlp import RepMLPBlock  # noqa: E402
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JPEG_SIZE = (500, 375)  # ImageNet's typical image size
 NUM_CLASSES = 10
 
@@ -180,8 +196,91 @@ def bench_data(args):
                 print(f'{name:<10}{label:<22}{base:>16.1f}{mine:>12.1f}{mine / base:>7.2f}x', flush=True)
 
 
+def matmul_peak_gflops(size=2048, repeats=7):
+    """float32 GFLOP/s of a size^3 matmul through Paddle, median after a warm-up: this machine's practical peak."""
+    a, b = paddle.randn([size, size]), paddle.randn([size, size])
+    with paddle.no_grad():
+        seconds = median_seconds(lambda: paddle.matmul(a, b).numpy(), warmup=2, repeats=repeats)
+    return 2 * size ** 3 / seconds / 1e9
+
+
+def median_seconds(run, warmup, repeats):
+    """Median wall time of `run()` over `repeats` calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def fc3_as_grouped_conv(block, parts):
+    """The baseline's training-time fc3: the official grouped 1x1 conv over partitions as 1x1 maps, then BN and
+    the local perceptron as in RepMLPBlock. [S, M, h*w] -> [S, M, h*w]."""
+    sets, area = block.num_sharesets, block.h * block.w
+    maps = parts.transpose([1, 0, 2]).reshape([-1, sets * area, 1, 1])  # [M, S*h*w, 1, 1]
+    out = F.conv2d(maps, block.fc3.weight, groups=sets).reshape([-1, sets, area]).transpose([1, 0, 2])
+    out = block.fc3_bn(out.unsqueeze(0)).squeeze(0)
+    return out + block._local_perceptron(parts) if block.reparam_conv_k else out
+
+
+def train_step_child(cfg_file, batch_size, repeats, amp, grouped_conv, results):
+    """In a fresh process: median seconds of one training step and the process's peak resident memory (MiB)."""
+    if grouped_conv:
+        RepMLPBlock._training_branches = fc3_as_grouped_conv
+    config = get_config(cfg_file)
+    config.defrost()
+    config.DATA.BATCH_SIZE, config.AMP = batch_size, amp
+    config.freeze()
+    paddle.set_device('gpu' if paddle.device.cuda.device_count() > 0 else 'cpu')
+    logger = logging.getLogger('benchmark')
+    logger.addHandler(logging.NullHandler())
+    logger.propagate = False
+    trainer = engine.build_trainer(config, logger, steps_per_epoch=1000)
+    size = config.DATA.IMAGE_SIZE
+    images = paddle.to_tensor(np.random.default_rng(0).integers(0, 256, (batch_size, 3, size, size), np.uint8))
+    labels = paddle.arange(batch_size, dtype='int64') % config.MODEL.NUM_CLASSES
+    seconds = median_seconds(lambda: engine.train_one_epoch(trainer, [(images, labels)], 0), 2, repeats)
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
+    results.put((seconds, peak_mib))
+
+
+def run_in_child(target, *args):
+    """Run `target(*args, queue)` in a fresh spawned process and return what it put in the queue."""
+    context = multiprocessing.get_context('spawn')
+    results = context.Queue()
+    process = context.Process(target=target, args=(*args, results))
+    process.start()
+    value = results.get()
+    process.join()
+    return value
+
+
+def bench_train(args):
+    """The `train` subcommand: images/s, fraction of the matmul peak and peak memory of one training step."""
+    print(machine_info())
+    config = get_config(args.cfg)
+    step_macs = 3 * count_macs(engine.build_repmlp(config), config.DATA.IMAGE_SIZE)
+    peak = matmul_peak_gflops()
+    on_gpu = paddle.device.cuda.device_count() > 0
+    print(f'{config.MODEL.NAME}, batch {args.batch_size}, median of {args.repeats} steps after 2; matmul peak '
+          f'{peak:.0f} GFLOP/s; a step counted as 3 x {step_macs / 3e9:.2f} GMACs per image')
+    print(f'{"fc3 computed as":<26}{"AMP":<6}{"images/s":>10}{"of peak":>9}{"peak RSS MiB":>14}')
+    for amp in ([False, True] if on_gpu else [False]):
+        for label, grouped in (('batched matmul (ours)', False), ('grouped 1x1 conv', True)):
+            seconds, rss = run_in_child(train_step_child, args.cfg, args.batch_size, args.repeats, amp, grouped)
+            rate = args.batch_size / seconds
+            fraction = rate * step_macs * 2 / 1e9 / peak
+            print(f'{label:<26}{"on" if amp else "off":<6}{rate:>10.2f}{fraction:>8.0%}{rss:>14.0f}', flush=True)
+    if not on_gpu:
+        print('AMP: not timed, Paddle has no mixed precision on a CPU')
+
+
 SUBCOMMANDS = {
     'data': bench_data,
+    'train': bench_train,
 }
 
 
@@ -193,6 +292,10 @@ def build_parser():
     data.add_argument('-images', type=int, default=256, help='JPEGs to generate and read per pass')
     data.add_argument('-repeats', type=int, default=5, help='timed passes after the warm-up')
     data.add_argument('-batch_size', type=int, default=32, help='images per collated batch')
+    train = commands.add_parser('train', help='one training step: images/s, fraction of matmul peak, memory')
+    train.add_argument('-cfg', default=os.path.join(ROOT, 'configs', 'repmlp_t_224.yaml'), help='model config')
+    train.add_argument('-batch_size', type=int, default=8, help='images per step')
+    train.add_argument('-repeats', type=int, default=5, help='timed steps after two untimed ones')
     return parser
 
 
