@@ -392,6 +392,12 @@ def train(config, logger):
     stats = {}
     for epoch in range(start_epoch, config.TRAIN.NUM_EPOCHS):
         stats = train_and_validate_epoch(trainer, train_loader, val_loader, epoch)
+    if stats and utils.is_main_process():
+        curves = os.path.join(config.SAVE, 'curves.png')
+        utils.plot_training_curves(os.path.join(config.SAVE, 'log.jsonl'), curves)
+        logger.info(f'finished {stats["epoch"]} epochs: val top-1 {stats["val_acc1"]:.4f}, top-5 {stats["val_acc5"]:.4f} '
+                    f'on {stats["val_num_images"]} images (best top-1 {stats["best_val_acc1"]:.4f}); '
+                    f'weights {os.path.join(config.SAVE, "best.pdparams")}, curves {curves}')
     return stats
 
 
@@ -416,7 +422,7 @@ def train_and_validate_epoch(trainer, train_loader, val_loader, epoch):
     stats.update({f'best_{prefix}_acc1': value for prefix, value in trainer.best_acc1.items()})
     if (done % config.SAVE_FREQ == 0 or last) and utils.is_main_process():
         checkpoint(trainer, done)
-    logger.info(f'epoch {done}: ' + ' '.join(f'{key} {value:.5g}' for key, value in stats.items()))
+    logger.info(f'epoch {done}: ' + ' '.join(f'{key} {value:.5g}' for key, value in stats.items() if key != 'epoch'))
     if utils.is_main_process():
         utils.write_json(stats, os.path.join(config.SAVE, 'log.jsonl'), append=True)
     return stats

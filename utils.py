@@ -13,6 +13,8 @@ import sys
 import zipfile
 
 import numpy as np
+from PIL import Image, ImageDraw
+
 import runtime  # noqa: F401  (before paddle: CPU threads and MKL path)
 import paddle
 
@@ -291,3 +293,58 @@ def load_checkpoint(path):
         raise CheckpointError(f'{path} is not a training checkpoint (no {", ".join(missing)}); to start from '
                               'weights only, use -pretrained instead of -resume')
     return state
+
+
+def plot_training_curves(log_path, png_path):
+    """Draw the per-epoch losses and top-1 accuracies of a run's log.jsonl as a PNG (PIL only, no plotting library).
+
+    Left panel: train_loss and val_loss; right panel: val_acc1 (and ema_acc1 when logged). Epochs without
+    validation leave gaps between points. Written atomically.
+    """
+    with open(log_path, encoding='utf-8') as file:
+        epochs = [json.loads(line) for line in file if line.strip()]
+    panels = [('loss', [('train_loss', (31, 119, 180)), ('val_loss', (255, 127, 14))]),
+              ('top-1 accuracy', [('val_acc1', (44, 160, 44)), ('ema_acc1', (214, 39, 40))])]
+    width, height, margin = 480, 320, 48
+    image = Image.new('RGB', (width * len(panels), height), 'white')
+    draw = ImageDraw.Draw(image)
+    for index, (title, series) in enumerate(panels):
+        _draw_panel(draw, epochs, title, series, (index * width + margin, margin, (index + 1) * width - 16,
+                                                  height - margin))
+    temporary = f'{png_path}.tmp{os.getpid()}.png'
+    image.save(temporary)
+    os.replace(temporary, png_path)
+
+
+def _draw_panel(draw, epochs, title, series, box):
+    """One chart of `series` [(log key, colour)] against the epoch inside `box` (left, top, right, bottom)."""
+    left, top, right, bottom = box
+    points = {key: [(e['epoch'], e[key]) for e in epochs if key in e] for key, _ in series}
+    values = [v for pts in points.values() for _, v in pts]
+    if not values:
+        return
+    low, high = min(values), max(values)
+    high = high if high > low else low + 1.0
+    first, last = epochs[0]['epoch'], max(epochs[-1]['epoch'], epochs[0]['epoch'] + 1)
+
+    def to_xy(epoch, value):
+        return (left + (epoch - first) / (last - first) * (right - left),
+                bottom - (value - low) / (high - low) * (bottom - top))
+
+    draw.rectangle(box, outline=(160, 160, 160))
+    draw.text((left, bottom + 6), f'epoch {first}', fill='black')
+    draw.text((right - 60, bottom + 6), f'epoch {last}', fill='black')
+    draw.text((left - 44, top), f'{high:.3g}', fill='black')
+    draw.text((left - 44, bottom - 10), f'{low:.3g}', fill='black')
+    draw.text((left, top - 40), title, fill='black')  # title and legend above the frame, clear of the lines
+    legend_x = left
+    for key, colour in series:
+        if not points[key]:
+            continue
+        xy = [to_xy(epoch, value) for epoch, value in points[key]]
+        if len(xy) > 1:
+            draw.line(xy, fill=colour, width=2)
+        for x, y in xy:
+            draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=colour)
+        draw.text((legend_x, top - 24), key, fill=colour)
+        legend_x += draw.textlength(key) + 12
