@@ -35,7 +35,8 @@ def write(tmp_path, name, text):
 def test_every_config_loads_frozen(cfg_file):
     config = get_config(cfg_file)
     assert config.is_frozen()
-    assert os.path.basename(cfg_file) == config.MODEL.NAME + '.yaml'
+    if os.path.basename(cfg_file).startswith('repmlp_'):  # the zoo's files are named after their variant
+        assert os.path.basename(cfg_file) == config.MODEL.NAME + '.yaml'
 
 
 def test_paddlevit_yaml_loads_unchanged(tmp_path):
