@@ -68,6 +68,7 @@ _C.MODEL.OFFICIAL_PARTITION_ORDER = False  # True: merge partitions back as the 
 # Training and evaluation runs (main_single_gpu.py, main_multi_gpu.py); recipes in configs/recipes/.
 _C.MODEL.PRETRAINED = ''  # weights (.pdparams, or a checkpoint) loaded strictly before training or evaluation
 _C.MODEL.RESUME = ''  # checkpoint to continue training from; 'auto': the newest checkpoint in SAVE, if any
+_C.MODEL.FINETUNE = False  # load PRETRAINED except the classifier head.* (kept freshly initialised) (flag -finetune)
 _C.TRAIN = CN()
 _C.TRAIN.NUM_EPOCHS = 300  # length of the run and of the LR schedule
 _C.TRAIN.LAST_EPOCH = 0  # epochs already done by the PRETRAINED weights: training and the LR schedule start there
@@ -79,6 +80,8 @@ _C.TRAIN.LR_REFERENCE_BATCH = 512  # global batch (per-process batch x processes
 _C.TRAIN.WEIGHT_DECAY = 0.1  # AdamW's decoupled weight decay; BN parameters and biases are never decayed
 _C.TRAIN.GRAD_CLIP = 0.0  # largest global norm of the gradients; 0 turns clipping off
 _C.TRAIN.ACCUM_ITER = 1  # batches whose gradients are summed before each optimizer step
+_C.TRAIN.FREEZE_STAGES = 0  # fine-tuning: the stem and this many leading stages get no updates, their BNs stay in eval
+_C.TRAIN.BACKBONE_LR_SCALE = 1.0  # fine-tuning: LR of every trained parameter but head.* = this x the scheduled LR
 _C.TRAIN.OPTIMIZER = CN()
 _C.TRAIN.OPTIMIZER.EPS = 1e-8  # AdamW's epsilon
 _C.TRAIN.OPTIMIZER.BETAS = [0.9, 0.999]  # AdamW's moment decay rates
@@ -120,6 +123,7 @@ FLAG_TO_KEY = {
     'last_epoch': 'TRAIN.LAST_EPOCH',
     'eval': 'EVAL',
     'amp': 'AMP',
+    'finetune': 'MODEL.FINETUNE',
 }
 
 
@@ -178,6 +182,8 @@ def build_arg_parser(description):
                         help='epochs the -pretrained weights have done (TRAIN.LAST_EPOCH)')
     parser.add_argument('-eval', action='store_true', help='only evaluate -pretrained (EVAL)')
     parser.add_argument('-amp', action='store_true', help='mixed precision, see AMP_DTYPE and AMP_LEVEL (AMP)')
+    parser.add_argument('-finetune', action='store_true',
+                        help='load -pretrained except the classifier head, for another NUM_CLASSES (MODEL.FINETUNE)')
     parser.add_argument('-opts', nargs='+', default=None, metavar='KEY VALUE',
                         help='override any config key, e.g. -opts MODEL.DEPLOY True')
     return parser
@@ -279,6 +285,22 @@ def _validate_run(config):
         raise ConfigError(f'AMP_LEVEL is {config.AMP_LEVEL!r}; choose one of {", ".join(AMP_LEVELS)}')
     if config.EVAL and not config.MODEL.PRETRAINED:
         raise ConfigError('-eval needs the weights to evaluate: add -pretrained FILE.pdparams')
+    _validate_transfer(config)
+
+
+def _validate_transfer(config):
+    """Raise ConfigError naming the fine-tuning key or flag whose value cannot work."""
+    if config.MODEL.FINETUNE and not config.MODEL.PRETRAINED:
+        raise ConfigError('-finetune (MODEL.FINETUNE) needs the weights to start from: add -pretrained FILE.pdparams')
+    if config.MODEL.FINETUNE and config.EVAL:
+        raise ConfigError('-finetune trains a new classifier and cannot be combined with -eval; evaluate the '
+                          'fine-tuned weights (e.g. OUT/best.pdparams) with -eval -pretrained instead')
+    num_stages = len(config.MODEL.NUM_BLOCKS)
+    if not 0 <= config.TRAIN.FREEZE_STAGES <= num_stages:
+        raise ConfigError(f'TRAIN.FREEZE_STAGES must be in [0, {num_stages}] (the number of stages), '
+                          f'got {config.TRAIN.FREEZE_STAGES}')
+    if config.TRAIN.BACKBONE_LR_SCALE < 0:
+        raise ConfigError(f'TRAIN.BACKBONE_LR_SCALE must be 0 or more, got {config.TRAIN.BACKBONE_LR_SCALE}')
 
 
 def validate_image_size(config, image_size):

@@ -108,6 +108,59 @@ def build_optimizer(config, model, lr_scheduler):
         apply_decay_param_fun=decayed.__contains__, grad_clip=clip)
 
 
+def load_pretrained(config, model, logger):
+    """Load MODEL.PRETRAINED strictly, or with MODEL.FINETUNE all but the classifier (logging what was left out)."""
+    path = config.MODEL.PRETRAINED
+    if not config.MODEL.FINETUNE:
+        utils.load_weights(model, path)
+        return
+    left_out = utils.load_weights_except_head(model, path)
+    logger.info(f'fine-tuning from {path}: loaded every weight but the classifier; left out '
+                + '; '.join(f'{name} ({reason})' for name, reason in left_out))
+
+
+def frozen_layers(model, num_stages):
+    """The layers computing the first `num_stages` stages: the stem, those stages and the embeddings between them.
+
+    Stage i is taken with the embedding into it (the stem for stage 0), so freezing k stages freezes everything
+    up to the output of stage k - 1, and nothing after it; head_norm and head always train.
+    """
+    if num_stages == 0:
+        return []
+    layers = [model.conv_embedding]
+    for i in range(num_stages):
+        layers += ([model.embeds[i - 1]] if i > 0 else []) + [model.stages[i]]
+    return layers
+
+
+def freeze(layers):
+    """Exclude the parameters of `layers` from training (stop_gradient) and put their BNs in eval mode."""
+    for layer in layers:
+        for param in layer.parameters():
+            param.stop_gradient = True
+    keep_in_eval_mode(layers)
+
+
+def keep_in_eval_mode(layers):
+    """Put `layers` and their sublayers back in eval mode after `model.train()`: frozen BNs keep their running
+    statistics and normalise with them. The flag is set directly, since Layer.eval() also switches Paddle's
+    global tracer to eval mode."""
+    for layer in layers:
+        for sublayer in [layer] + layer.sublayers():
+            sublayer.training = False
+
+
+def set_backbone_lr_scale(model, scale):
+    """Give every trained parameter but the classifier's an LR of `scale` x the scheduled one.
+
+    Paddle's optimizers multiply a parameter's optimize_attr['learning_rate'] with the scheduler's LR at every
+    step (AdamW's decoupled weight decay too), so one schedule drives both LRs.
+    """
+    for name, param in model.named_parameters():
+        if not param.stop_gradient and not name.startswith(utils.CLASSIFIER_PREFIX):
+            param.optimize_attr['learning_rate'] = scale
+
+
 class ModelEma:
     """An exponential moving average of a model's weights and BN statistics, kept as a float32 copy in eval mode."""
 
@@ -172,6 +225,7 @@ class Trainer:
     criterion: object
     logger: object
     best_acc1: dict = dataclasses.field(default_factory=dict)  # 'val' and, with EMA, 'ema' -> best top-1
+    frozen: list = dataclasses.field(default_factory=list)  # layers kept in eval mode (TRAIN.FREEZE_STAGES)
 
 
 def train_one_epoch(trainer, loader, epoch):
@@ -184,6 +238,7 @@ def train_one_epoch(trainer, loader, epoch):
     accum_iter = config.TRAIN.ACCUM_ITER
     num_batches = len(loader) // accum_iter * accum_iter
     trainer.model.train()
+    keep_in_eval_mode(trainer.frozen)
     loss_meter, start, images_seen = utils.AverageMeter(), time.time(), 0
     for index, (images, labels) in enumerate(loader):
         if index == num_batches:
@@ -324,7 +379,14 @@ def build_trainer(config, logger, steps_per_epoch):
     seed_everything(config.SEED)  # the same initial weights on every rank
     model = build_repmlp(config)
     if config.MODEL.PRETRAINED:
-        utils.load_weights(model, config.MODEL.PRETRAINED)
+        load_pretrained(config, model, logger)
+    frozen = frozen_layers(model, config.TRAIN.FREEZE_STAGES)
+    freeze(frozen)
+    set_backbone_lr_scale(model, config.TRAIN.BACKBONE_LR_SCALE)
+    if frozen or config.TRAIN.BACKBONE_LR_SCALE != 1.0:
+        logger.info(f'fine-tuning: stem and {config.TRAIN.FREEZE_STAGES} stage(s) frozen, '
+                    f'{sum(p.size for p in utils.trained_parameters(model))} parameters trained, '
+                    f'backbone LR x {config.TRAIN.BACKBONE_LR_SCALE:g}')
     ema = ModelEma(config, model) if config.TRAIN.MODEL_EMA else None
     lrs = learning_rates(config, world_size)
     logger.info('derived: ' + ', '.join(f'{key} {value:g}' for key, value in lrs.items())
@@ -339,7 +401,7 @@ def build_trainer(config, logger, steps_per_epoch):
     mixup = transforms.build_mixup(config)
     return Trainer(config=config, model=paddle.DataParallel(model) if world_size > 1 else model, raw_model=model,
                    optimizer=optimizer, lr_scheduler=lr_scheduler, scaler=scaler, ema=ema, mixup=mixup,
-                   criterion=build_criterion(config, mixup), logger=logger)
+                   criterion=build_criterion(config, mixup), logger=logger, frozen=frozen)
 
 
 def restore(trainer, path):

@@ -30,6 +30,7 @@ CHECKPOINT_KEYS = ('model', 'optimizer', 'lr_scheduler', 'scaler', 'ema', 'epoch
 CHECKPOINT_NAME = 'checkpoint-{epoch:04d}.pdparams'
 CHECKPOINT_RE = re.compile(r'checkpoint-(\d+)\.pdparams$')
 LOGGER_NAME = 'repmlp'
+CLASSIFIER_PREFIX = 'head.'  # the keys that fine-tuning to other classes leaves out: the final Linear
 
 
 def get_world_size():
@@ -201,6 +202,11 @@ def check_state_dict(model, state, source):
                                   'training-time form; build it with -opts MODEL.DEPLOY True')
         raise CheckpointError(f'{source} holds training-time weights but the model is the deploy form; build it '
                               'with MODEL.DEPLOY False (tools/reparam.py makes a deploy file from it)')
+    if all(name.startswith(CLASSIFIER_PREFIX) for name in missing + unexpected + misshaped):
+        shapes = ', '.join(f'{name} {given.get(name)} (model {expected.get(name)})' for name in missing + unexpected
+                           + misshaped)
+        raise CheckpointError(f'{source}: only the classifier differs from the model: {shapes}; set MODEL.NUM_CLASSES '
+                              'to the number of classes of the file, or add -finetune to train a new classifier')
     problems = []
     if missing:
         problems.append(f'{len(missing)} missing: {_first(missing)}')
@@ -233,6 +239,35 @@ def load_weights(model, path):
     check_state_dict(model, state, path)
     model.set_state_dict(state)
     return model
+
+
+def load_weights_except_head(model, path):
+    """Load `path` into `model` for fine-tuning: every weight but the classifier (CLASSIFIER_PREFIX keys).
+
+    The model's own, freshly initialised head is kept whatever the file holds, so the file may come from a model
+    with any NUM_CLASSES (or none). Every other key and shape must match exactly, as in `load_weights`
+    (CheckpointError otherwise). Returns [(key, reason)] for the keys left out, for the caller to log.
+    """
+    state = read_state_dict(path)
+    own = model.state_dict()
+    left_out = []
+    for name in sorted(set(own) | set(state)):
+        if not name.startswith(CLASSIFIER_PREFIX):
+            continue
+        if name not in state:
+            reason = 'not in the file; kept as initialised'
+        elif name not in own:
+            reason = 'in the file but not in the model; ignored'
+        else:
+            reason = (f'new classifier: file {list(np.shape(state[name]))}, model {list(own[name].shape)}; '
+                      'kept as initialised')
+        left_out.append((name, reason))
+    kept = {name: value for name, value in state.items() if not name.startswith(CLASSIFIER_PREFIX)}
+    # the model's own head stands in for the file's, so that the strict check covers everything else
+    kept.update({name: value for name, value in own.items() if name.startswith(CLASSIFIER_PREFIX)})
+    check_state_dict(model, kept, path)
+    model.set_state_dict(kept)
+    return left_out
 
 
 def save_atomically(obj, path):

@@ -1,0 +1,164 @@
+"""Transfer: fine-tuning to other classes (-finetune), frozen stages, the backbone LR, other resolutions, and
+RepMLPNet as a backbone."""
+
+import logging
+import os
+
+import numpy as np
+import paddle
+import pytest
+
+import engine
+import utils
+from config import ConfigError, build_arg_parser, get_config, update_config
+from helpers import randomize_batchnorms, relative_error, tiny_config
+from repmlp import build_repmlp
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LOGGER = logging.getLogger('test_transfer')
+NO_MIXUP = """AUG:
+  MIXUP: 0.0
+  CUTMIX: 0.0
+"""
+
+
+@pytest.fixture
+def imagenet_weights(tmp_path):
+    """A 1000-class tiny model's weights (BN statistics non-trivial), saved as a .pdparams file."""
+    (tmp_path / 'source').mkdir()
+    config = tiny_config(tmp_path / 'source')
+    config.defrost()
+    config.MODEL.NUM_CLASSES = 1000
+    paddle.seed(1)
+    model = randomize_batchnorms(build_repmlp(config), paddle.randn([4, 3, 32, 32]))
+    path = str(tmp_path / 'imagenet.pdparams')
+    paddle.save(model.state_dict(), path)
+    return path
+
+
+def finetune_config(tmp_path, weights, extra=''):
+    """The tiny model at 5 classes, fine-tuning from `weights`, without Mixup; `extra` yaml lines under TRAIN."""
+    config = tiny_config(tmp_path, NO_MIXUP + ('TRAIN:\n' + extra if extra else ''))
+    config.defrost()
+    config.MODEL.NUM_CLASSES = 5
+    config.MODEL.PRETRAINED = weights
+    config.MODEL.FINETUNE = True
+    config.TRAIN.NUM_EPOCHS = 2
+    config.TRAIN.WARMUP_EPOCHS = 0
+    config.TRAIN.BASE_LR = 0.01
+    config.TRAIN.LR_REFERENCE_BATCH = config.DATA.BATCH_SIZE = 8
+    config.freeze()
+    return config
+
+
+def fixed_batches(count, seed=0):
+    """`count` copies of one batch of 8 uint8 images and labels in [0, 5), as train_one_epoch iterates them."""
+    rng = np.random.default_rng(seed)
+    images = paddle.to_tensor(rng.integers(0, 256, (8, 3, 32, 32), dtype=np.uint8))
+    labels = paddle.to_tensor(np.arange(8) % 5, dtype='int64')
+    return [(images, labels)] * count
+
+
+def snapshot(layer):
+    return {name: value.numpy().copy() for name, value in layer.state_dict().items()}
+
+
+# ---------------------------------------------------------------------------------------- fine-tuning
+
+def test_finetune_loads_all_but_the_head_and_trains(tmp_path, imagenet_weights):
+    config = finetune_config(tmp_path, imagenet_weights)
+    trainer = engine.build_trainer(config, LOGGER, steps_per_epoch=6)
+    model, source = trainer.raw_model, paddle.load(imagenet_weights)
+    for name, value in model.state_dict().items():
+        if name.startswith('head.'):
+            assert value.shape[-1] == 5, name
+        else:
+            np.testing.assert_array_equal(value.numpy(), source[name], err_msg=name)
+    losses = [engine.train_one_epoch(trainer, fixed_batches(6), epoch)['train_loss'] for epoch in range(2)]
+    assert all(np.isfinite(losses)) and losses[1] < losses[0]
+
+
+def test_finetune_says_what_it_left_out(tmp_path, imagenet_weights, caplog):
+    config = finetune_config(tmp_path, imagenet_weights)
+    left_out = utils.load_weights_except_head(build_repmlp(config), imagenet_weights)
+    assert [name for name, _ in left_out] == ['head.bias', 'head.weight']
+    assert 'file [64, 1000], model [64, 5]' in dict(left_out)['head.weight']
+    logger = logging.getLogger('test_transfer.log')
+    with caplog.at_level(logging.INFO, logger='test_transfer.log'):
+        engine.load_pretrained(config, build_repmlp(config), logger)
+    assert 'left out head.bias' in caplog.text and 'head.weight (new classifier' in caplog.text
+
+
+def test_a_mismatch_other_than_the_head_still_fails(tmp_path, imagenet_weights):
+    config = finetune_config(tmp_path, imagenet_weights)
+    state = paddle.load(imagenet_weights)
+    del state['stages.0.0.prebn1.weight']
+    state['stages.3.0.repmlp_block.fc3.weight'] = np.zeros([9, 1, 1, 1], dtype='float32')
+    broken = str(tmp_path / 'broken.pdparams')
+    paddle.save(state, broken)
+    with pytest.raises(utils.CheckpointError, match=r'1 missing: stages\.0\.0\.prebn1\.weight; 1 with another shape'):
+        utils.load_weights_except_head(build_repmlp(config), broken)
+    deploy = build_repmlp(config).locality_injection()
+    deploy_file = str(tmp_path / 'deploy.pdparams')
+    paddle.save(deploy.state_dict(), deploy_file)
+    with pytest.raises(utils.CheckpointError, match='deploy-form weights'):
+        utils.load_weights_except_head(build_repmlp(config), deploy_file)
+    strict = finetune_config(tmp_path, imagenet_weights).clone()
+    strict.defrost()
+    strict.MODEL.FINETUNE = False
+    with pytest.raises(utils.CheckpointError, match=r'only the classifier differs.*or add -finetune'):
+        engine.build_trainer(strict, LOGGER, steps_per_epoch=1)
+
+
+def test_finetune_flag_and_its_checks():
+    parser = build_arg_parser('test')
+    config = update_config(get_config(), parser.parse_args(['-pretrained', 'w.pdparams', '-finetune']))
+    assert config.MODEL.FINETUNE and config.MODEL.PRETRAINED == 'w.pdparams'
+    with pytest.raises(ConfigError, match='-finetune .* needs the weights'):
+        update_config(get_config(), parser.parse_args(['-finetune']))
+    for opts, message in ((['TRAIN.FREEZE_STAGES', '5'], r'FREEZE_STAGES must be in \[0, 4\]'),
+                          (['TRAIN.BACKBONE_LR_SCALE', '-1'], 'BACKBONE_LR_SCALE must be 0 or more')):
+        with pytest.raises(ConfigError, match=message):
+            update_config(get_config(), parser.parse_args(['-opts'] + opts))
+
+
+# ------------------------------------------------------------------------------ frozen stages, backbone LR
+
+def test_frozen_stages_and_their_bn_statistics_do_not_change(tmp_path, imagenet_weights):
+    config = finetune_config(tmp_path, imagenet_weights, '  FREEZE_STAGES: 2\n')
+    trainer = engine.build_trainer(config, LOGGER, steps_per_epoch=2)
+    model = trainer.raw_model
+    frozen = [model.conv_embedding, model.stages[0], model.embeds[0], model.stages[1]]
+    trained = [model.embeds[1], model.stages[2], model.embeds[2], model.stages[3], model.head_norm, model.head]
+    before = [snapshot(layer) for layer in frozen + trained]
+    engine.train_one_epoch(trainer, fixed_batches(2), epoch=0)
+    after = [snapshot(layer) for layer in frozen + trained]
+    for layer_before, layer_after in zip(before[:len(frozen)], after[:len(frozen)]):
+        for name in layer_before:  # weights and BN running statistics alike
+            np.testing.assert_array_equal(layer_after[name], layer_before[name], err_msg=name)
+    for layer_before, layer_after in zip(before[len(frozen):], after[len(frozen):]):
+        assert all(np.any(layer_after[name] != layer_before[name]) for name in layer_before)
+    # the optimizer holds exactly the parameters of the layers that train
+    optimized = {id(p) for p in trainer.optimizer._parameter_list}
+    assert optimized == {id(p) for layer in trained for p in layer.parameters() if not p.stop_gradient}
+    assert all(p.stop_gradient for layer in frozen for p in layer.parameters())
+
+
+def one_step_change(tmp_path, weights, extra):
+    """The change of every parameter in one optimizer step of a fine-tuning trainer with TRAIN `extra`."""
+    trainer = engine.build_trainer(finetune_config(tmp_path, weights, extra), LOGGER, steps_per_epoch=1)
+    before = snapshot(trainer.raw_model)
+    engine.train_one_epoch(trainer, fixed_batches(1), epoch=0)
+    return {name: value - before[name] for name, value in snapshot(trainer.raw_model).items()
+            if not trainer.raw_model.state_dict()[name].stop_gradient}
+
+
+def test_backbone_lr_scale_scales_the_backbone_update_only(tmp_path, imagenet_weights):
+    full = one_step_change(tmp_path, imagenet_weights, '  BACKBONE_LR_SCALE: 1.0\n')
+    scaled = one_step_change(tmp_path, imagenet_weights, '  BACKBONE_LR_SCALE: 0.1\n')
+    assert full.keys() == scaled.keys()
+    for name in full:
+        factor = 1.0 if name.startswith('head.') else 0.1
+        largest = np.abs(full[name]).max()
+        assert largest > 0, name
+        np.testing.assert_allclose(scaled[name], factor * full[name], atol=1e-4 * largest, err_msg=name)
