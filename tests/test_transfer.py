@@ -162,3 +162,52 @@ def test_backbone_lr_scale_scales_the_backbone_update_only(tmp_path, imagenet_we
         largest = np.abs(full[name]).max()
         assert largest > 0, name
         np.testing.assert_allclose(scaled[name], factor * full[name], atol=1e-4 * largest, err_msg=name)
+
+
+# ---------------------------------------------------------------------------- other resolutions, backbone
+
+STRIDES = (4, 8, 16, 32)
+
+
+def b224_config(*flags):
+    return update_config(get_config(), build_arg_parser('test').parse_args(
+        ['-cfg', os.path.join(ROOT, 'configs', 'repmlp_b_224.yaml')] + list(flags)))
+
+
+def test_b224_weights_at_448_features_and_exact_deploy_form():
+    """The issue's example: B224's partitions are 56, 28, 14, 7, so at 448 every map holds 2x2 of them and the
+    same weights apply; features keep strides 4..32 (also for a non-square input), before and after injection."""
+    config = b224_config('-image_size', '448')
+    assert config.DATA.IMAGE_SIZE == 448
+    paddle.seed(0)
+    images = paddle.randn([1, 3, 448, 448])
+    model = randomize_batchnorms(build_repmlp(config), images)
+    channels = config.MODEL.CHANNELS
+    with paddle.no_grad():
+        features = model.forward_features(images)
+        assert [list(f.shape) for f in features] == [[1, c, 448 // s, 448 // s] for c, s in zip(channels, STRIDES)]
+        wide = model.forward_features(paddle.randn([1, 3, 224, 448]), out_indices=(0, 3))
+        assert [list(f.shape) for f in wide] == [[1, 96, 56, 112], [1, 768, 7, 14]]
+        logits = model(images).numpy()
+        model.locality_injection()
+        for after, before in zip(model.forward_features(images), features):
+            assert relative_error(after.numpy(), before.numpy()) <= 1e-5
+        assert relative_error(model(images).numpy(), logits) <= 1e-5
+        # a model built in the deploy form runs the injected weights at 448 to the same logits
+        config.defrost()
+        config.MODEL.DEPLOY = True
+        deploy = build_repmlp(config)
+        utils.check_state_dict(deploy, model.state_dict(), 'injected')
+        deploy.set_state_dict(model.state_dict())
+        deploy.eval()
+        assert relative_error(deploy(images).numpy(), logits) <= 1e-5
+
+
+def test_an_image_size_that_cannot_work_is_a_clear_error():
+    with pytest.raises(ConfigError, match=r'DATA.IMAGE_SIZE=300 .* 56x56 partitions; use a multiple of 224'):
+        b224_config('-image_size', '300')
+    with pytest.raises(ConfigError, match='use a multiple of 224'):
+        b224_config('-image_size', '336')  # 84 at stage 0: whole, but not a multiple of 56
+    model = build_repmlp(get_config(os.path.join(ROOT, 'configs', 'demo.yaml')))
+    with pytest.raises(ValueError, match='gives stage 0 a 12x12 map, which does not split into 8x8 partitions'):
+        model.forward_features(paddle.randn([1, 3, 48, 48]))
