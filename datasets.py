@@ -169,6 +169,25 @@ def get_dataset(config, is_train):
     return ImageNet2012Dataset(data_path, LIST_FILES[is_train], transform, config.MODEL.NUM_CLASSES, skip)
 
 
+CLASS_NAMES_FILE = 'classes.txt'  # beside the list files: class names, line i naming label i
+
+
+def read_class_names(data_path):
+    """The class names of the dataset at `data_path`, in label order, from its classes.txt; None if it has none.
+
+    tools/make_list_files.py writes classes.txt. Blank lines at the end are ignored; a blank line inside is an
+    error, since it would shift every later label's name.
+    """
+    path = os.path.join(data_path, CLASS_NAMES_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path, 'r', encoding='utf-8') as f:
+        names = [line.strip() for line in f.read().rstrip().splitlines()]
+    if not names or not all(names):
+        raise DatasetError(f'{path}: expected one class name per line, in label order, with no blank lines')
+    return names
+
+
 # ---- samplers ----
 
 class TrainBatchSampler(BatchSampler):
@@ -299,6 +318,8 @@ def _write_demo_files(root):
                 lines.append(f'{relative} {label}\n')
         with open(os.path.join(root, LIST_FILES[is_train]), 'w', encoding='utf-8') as f:
             f.writelines(lines)
+    with open(os.path.join(root, CLASS_NAMES_FILE), 'w', encoding='utf-8') as f:
+        f.writelines(name + '\n' for name in DEMO_CLASSES)
 
 
 def demo_image(label, rng):

@@ -3,11 +3,13 @@ RepMLPNet as a backbone."""
 
 import logging
 import os
+import sys
 
 import numpy as np
 import paddle
 import pytest
 
+import datasets
 import engine
 import utils
 from config import ConfigError, build_arg_parser, get_config, update_config
@@ -15,6 +17,9 @@ from helpers import randomize_batchnorms, relative_error, tiny_config
 from repmlp import build_repmlp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'tools'))
+import make_list_files  # noqa: E402
+
 LOGGER = logging.getLogger('test_transfer')
 NO_MIXUP = """AUG:
   MIXUP: 0.0
@@ -211,3 +216,24 @@ def test_an_image_size_that_cannot_work_is_a_clear_error():
     model = build_repmlp(get_config(os.path.join(ROOT, 'configs', 'demo.yaml')))
     with pytest.raises(ValueError, match='gives stage 0 a 12x12 map, which does not split into 8x8 partitions'):
         model.forward_features(paddle.randn([1, 3, 48, 48]))
+
+
+# ---------------------------------------------------------------------------- your own folder of images
+
+def test_class_folders_give_list_files_and_class_names(tmp_path):
+    root = tmp_path / 'mine'
+    for split, count in (('train', 2), ('val', 1)):
+        for name in ('zebra', 'cat', 'dog'):
+            (root / split / name).mkdir(parents=True)
+            for index in range(count):
+                (root / split / name / f'{index}.jpg').write_bytes(b'')
+    assert datasets.read_class_names(str(root)) is None
+    assert make_list_files.main([str(root)]) == 0
+    assert datasets.read_class_names(str(root)) == ['cat', 'dog', 'zebra']
+    assert (root / 'val_list.txt').read_text().splitlines() == ['val/cat/0.jpg 0', 'val/dog/0.jpg 1', 'val/zebra/0.jpg 2']
+    (root / 'classes.txt').write_text('cat\n\nzebra\n')
+    with pytest.raises(datasets.DatasetError, match='no blank lines'):
+        datasets.read_class_names(str(root))
+    demo = tmp_path / 'demo'
+    datasets.write_demo_dataset(str(demo))
+    assert datasets.read_class_names(str(demo)) == list(datasets.DEMO_CLASSES)

@@ -4,7 +4,8 @@
 
 ROOT holds train/<class>/<image> and val/<class>/<image>. Labels are the indices of the class folders of
 train/ in sorted order, which for ImageNet's synset folders (n01440764, ...) is the standard label order
-that the released weights use. Each line is `split/class/file label`, relative to ROOT.
+that the released weights use. Each line is `split/class/file label`, relative to ROOT. ROOT/classes.txt gets
+the class folder names, one a line in label order (line i is label i), for programs that print class names.
 """
 
 import argparse
@@ -17,6 +18,7 @@ from config import UserError  # noqa: E402
 
 IMAGE_EXTENSIONS = ('.jpeg', '.jpg', '.png', '.bmp', '.webp', '.tif', '.tiff', '.gif', '.ppm', '.pgm')
 SPLITS = (('train', 'train_list.txt'), ('val', 'val_list.txt'))
+CLASS_NAMES_FILE = 'classes.txt'  # the same name as datasets.CLASS_NAMES_FILE, which reads it
 
 
 class ListFileError(UserError):
@@ -49,16 +51,15 @@ def list_lines(root, split, labels):
 
 
 def make_list_files(root):
-    """Write root/train_list.txt and root/val_list.txt; return {list file: number of images}."""
-    labels = {name: index for index, name in enumerate(class_folders(os.path.join(root, 'train')))}
-    written = {}
-    for split, list_name in SPLITS:
-        lines = list_lines(root, split, labels)
-        path = os.path.join(root, list_name)
+    """Write root/train_list.txt, root/val_list.txt and root/classes.txt; return {file: images (or classes)}."""
+    names = class_folders(os.path.join(root, 'train'))
+    labels = {name: index for index, name in enumerate(names)}
+    outputs = {os.path.join(root, list_name): list_lines(root, split, labels) for split, list_name in SPLITS}
+    outputs[os.path.join(root, CLASS_NAMES_FILE)] = [name + '\n' for name in names]
+    for path, lines in outputs.items():
         with open(path, 'w', encoding='utf-8') as f:
             f.writelines(lines)
-        written[path] = len(lines)
-    return written
+    return {path: len(lines) for path, lines in outputs.items()}
 
 
 def main(argv=None):
@@ -72,7 +73,7 @@ def main(argv=None):
         print(f'error: {err}', file=sys.stderr)
         return 2
     for path, count in written.items():
-        print(f'{path}: {count} images')
+        print(f'{path}: {count} {"classes" if path.endswith(CLASS_NAMES_FILE) else "images"}')
     return 0
 
 
