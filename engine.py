@@ -384,7 +384,8 @@ def build_trainer(config, logger, steps_per_epoch):
     freeze(frozen)
     set_backbone_lr_scale(model, config.TRAIN.BACKBONE_LR_SCALE)
     if frozen or config.TRAIN.BACKBONE_LR_SCALE != 1.0:
-        logger.info(f'fine-tuning: stem and {config.TRAIN.FREEZE_STAGES} stage(s) frozen, '
+        what = f'the stem and {config.TRAIN.FREEZE_STAGES} stage(s)' if frozen else 'nothing'
+        logger.info(f'fine-tuning: {what} frozen, '
                     f'{sum(p.size for p in utils.trained_parameters(model))} parameters trained, '
                     f'backbone LR x {config.TRAIN.BACKBONE_LR_SCALE:g}')
     ema = ModelEma(config, model) if config.TRAIN.MODEL_EMA else None
