@@ -3,6 +3,7 @@ RepMLPNet as a backbone."""
 
 import logging
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -19,6 +20,7 @@ from repmlp import build_repmlp
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'tools'))
 import make_list_files  # noqa: E402
+import make_shapes_dataset  # noqa: E402
 
 LOGGER = logging.getLogger('test_transfer')
 NO_MIXUP = """AUG:
@@ -237,3 +239,26 @@ def test_class_folders_give_list_files_and_class_names(tmp_path):
     demo = tmp_path / 'demo'
     datasets.write_demo_dataset(str(demo))
     assert datasets.read_class_names(str(demo)) == list(datasets.DEMO_CLASSES)
+
+
+def test_finetune_command_on_a_class_folder_dataset(tmp_path):
+    """The README's workflow in small: class folders -> list files -> main_single_gpu.py -pretrained -finetune."""
+    data = tmp_path / 'shapes'
+    make_shapes_dataset.write_shapes_dataset(str(data), train_per_class=4, val_per_class=2)
+    assert make_list_files.main([str(data)]) == 0
+    assert datasets.read_class_names(str(data)) == sorted(make_shapes_dataset.CLASSES)
+    tiny = os.path.join(ROOT, 'tests', 'configs', 'tiny_demo.yaml')
+    source = get_config(tiny)
+    source.defrost()
+    source.MODEL.NUM_CLASSES = 1000
+    weights = str(tmp_path / 'imagenet.pdparams')
+    paddle.save(build_repmlp(source).state_dict(), weights)
+    command = [sys.executable, os.path.join(ROOT, 'main_single_gpu.py'), '-cfg', tiny, '-dataset', 'imagenet2012',
+               '-data_path', str(data), '-batch_size', '4', '-pretrained', weights, '-finetune',
+               '-output', str(tmp_path / 'out'), '-opts', 'MODEL.NUM_CLASSES', '5', 'TRAIN.NUM_EPOCHS', '1',
+               'TRAIN.FREEZE_STAGES', '1']
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert 'head.weight (new classifier: file [64, 1000], model [64, 5]; kept as initialised)' in result.stdout
+    assert 'the stem and 1 stage(s) frozen' in result.stdout
+    assert 'finished 1 epochs: val top-1' in result.stdout
