@@ -354,6 +354,19 @@ def run(config):
     return evaluate(config, logger) if config.EVAL else train(config, logger)
 
 
+def warn_on_class_count(config, logger):
+    """Log a warning when the dataset's classes.txt names another number of classes than MODEL.NUM_CLASSES.
+
+    Labels below NUM_CLASSES load fine either way, so forgetting `-opts MODEL.NUM_CLASSES K` when fine-tuning would
+    otherwise go unnoticed (a 1000-way classifier trained on K classes).
+    """
+    names = datasets.read_class_names(datasets.resolve_data_path(config))
+    if names is not None and len(names) != config.MODEL.NUM_CLASSES:
+        logger.warning(f'the dataset\'s classes.txt names {len(names)} classes but MODEL.NUM_CLASSES is '
+                       f'{config.MODEL.NUM_CLASSES}; to train a classifier for exactly these classes, add '
+                       f'-opts MODEL.NUM_CLASSES {len(names)}')
+
+
 def build_loader(config, is_train):
     """The train or validation DataLoader, split over the ranks when there are several."""
     dataset = datasets.get_dataset(config, is_train)
@@ -440,6 +453,7 @@ def train(config, logger):
     """Train from scratch, PRETRAINED weights or a RESUME checkpoint to TRAIN.NUM_EPOCHS; returns the last stats."""
     train_loader = build_loader(config, is_train=True)
     val_loader = build_loader(config, is_train=False)
+    warn_on_class_count(config, logger)
     steps_per_epoch = len(train_loader) // config.TRAIN.ACCUM_ITER
     if steps_per_epoch == 0:
         raise ConfigError(f'the training set gives {len(train_loader)} batches per process, fewer than '

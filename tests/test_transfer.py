@@ -262,3 +262,20 @@ def test_finetune_command_on_a_class_folder_dataset(tmp_path):
     assert 'head.weight (new classifier: file [64, 1000], model [64, 5]; kept as initialised)' in result.stdout
     assert 'the stem and 1 stage(s) frozen' in result.stdout
     assert 'finished 1 epochs: val top-1' in result.stdout
+
+
+def test_a_class_count_other_than_num_classes_is_logged(tmp_path, caplog):
+    (tmp_path / 'classes.txt').write_text('arrow\nstar\n')
+    config = get_config()
+    config.defrost()
+    config.DATA.DATA_PATH = str(tmp_path)
+    logger = logging.getLogger('test_transfer.classes')
+    with caplog.at_level(logging.WARNING, logger='test_transfer.classes'):
+        engine.warn_on_class_count(config, logger)
+        assert 'names 2 classes but MODEL.NUM_CLASSES is 1000; ' in caplog.text and 'MODEL.NUM_CLASSES 2' in caplog.text
+        caplog.clear()
+        config.MODEL.NUM_CLASSES = 2
+        engine.warn_on_class_count(config, logger)
+        (tmp_path / 'classes.txt').unlink()
+        engine.warn_on_class_count(config, logger)  # no classes.txt: nothing to compare
+    assert not caplog.text
