@@ -1,12 +1,12 @@
 """Write a small 5-class folder dataset (train/<class>/*.jpg, val/<class>/*.jpg) of generated shapes.
 
-    python tools/make_shapes_dataset.py data/shapes5 [-train_per_class 20] [-val_per_class 40]
+    python tools/make_shapes_dataset.py data/shapes5 [-train_per_class 20] [-val_per_class 40] [-any_colour]
 
 It stands in for "your own images" in the README's fine-tuning example: the layout is the one that
 tools/make_list_files.py turns into list files, and the classes (star, hexagon, ellipse, arrow, frame) are
 none of the demo data's. As in the demo data, each class also has its own range of hues (between the demo
 classes' hues), because the README's 32-pixel demo model does not learn these shapes from colour-free images
-of this number (60 per class, 60 epochs from scratch: top-1 0.22, chance 0.20). Deterministic: the same
+of this number (`-any_colour`: every shape in a random colour; see the README). Deterministic: the same
 arguments write the same images.
 """
 
@@ -42,8 +42,9 @@ def outline(name, radius, angle, rng):
     return [(r * math.cos(t + angle), r * math.sin(t + angle)) for r, t in points]
 
 
-def shape_image(label, rng):
-    """A SIDE x SIDE RGB image of class `label`: a noisy two-colour gradient with one shape of a random colour."""
+def shape_image(label, rng, any_colour=False):
+    """A SIDE x SIDE RGB image of class `label`: a noisy two-colour gradient with one shape whose hue is near the
+    class's own (or, with `any_colour`, any colour)."""
     corner_a, corner_b = rng.uniform(30, 220, 3), rng.uniform(30, 220, 3)
     ramp = np.linspace(0, 1, SIDE)[:, None, None] * np.ones((SIDE, SIDE, 1))
     if rng.random() < 0.5:
@@ -52,7 +53,7 @@ def shape_image(label, rng):
     radius = rng.uniform(0.22, 0.38) * SIDE
     cx, cy = rng.uniform(radius, SIDE - radius, 2)
     corners = [(cx + x, cy + y) for x, y in outline(CLASSES[label], radius, rng.uniform(0, 2 * math.pi), rng)]
-    hue = ((label + 0.5) / len(CLASSES) + rng.uniform(-0.06, 0.06)) % 1.0
+    hue = rng.random() if any_colour else ((label + 0.5) / len(CLASSES) + rng.uniform(-0.06, 0.06)) % 1.0
     colour = tuple(int(round(c * 255)) for c in colorsys.hsv_to_rgb(hue, rng.uniform(0.6, 1.0), rng.uniform(0.55, 1.0)))
     draw = ImageDraw.Draw(image)
     if CLASSES[label] == 'frame':
@@ -64,7 +65,7 @@ def shape_image(label, rng):
     return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
 
 
-def write_shapes_dataset(root, train_per_class, val_per_class):
+def write_shapes_dataset(root, train_per_class, val_per_class, any_colour=False):
     """Write root/{train,val}/<class>/<class>_NNNN.jpg; returns {split: number of images}."""
     written = {}
     for split, per_class in (('train', train_per_class), ('val', val_per_class)):
@@ -73,7 +74,7 @@ def write_shapes_dataset(root, train_per_class, val_per_class):
             os.makedirs(folder, exist_ok=True)
             for index in range(per_class):
                 rng = np.random.default_rng([SEED, split == 'train', label, index])
-                shape_image(label, rng).save(os.path.join(folder, f'{name}_{index:04d}.jpg'), quality=90)
+                shape_image(label, rng, any_colour).save(os.path.join(folder, f'{name}_{index:04d}.jpg'), quality=90)
         written[split] = per_class * len(CLASSES)
     return written
 
@@ -84,11 +85,13 @@ def main(argv=None):
     parser.add_argument('root', help='folder to write train/<class>/ and val/<class>/ into')
     parser.add_argument('-train_per_class', type=int, default=20, help='training images per class')
     parser.add_argument('-val_per_class', type=int, default=40, help='validation images per class')
+    parser.add_argument('-any_colour', action='store_true', help='shapes in any colour, not in their class\'s hues')
     args = parser.parse_args(argv)
     if args.train_per_class < 1 or args.val_per_class < 1:
         print('error: -train_per_class and -val_per_class must be positive', file=sys.stderr)
         return 2
-    for split, count in write_shapes_dataset(args.root, args.train_per_class, args.val_per_class).items():
+    written = write_shapes_dataset(args.root, args.train_per_class, args.val_per_class, args.any_colour)
+    for split, count in written.items():
         print(f'{os.path.join(args.root, split)}: {count} images in {len(CLASSES)} class folders')
     return 0
 
