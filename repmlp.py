@@ -1,7 +1,8 @@
 """RepMLPNet: Hierarchical Vision MLP with Re-parameterized Locality (Ding et al., arXiv 2112.11081).
 
 The network, its locality injection (the re-parameterization that merges the local perceptron's conv
-branches and the BNs into the channel perceptron's FC), and `build_repmlp(config)`.
+branches and the BNs into the channel perceptron's FC), the folding of every other BN for inference
+(`fold_batchnorms`), and `build_repmlp(config)`.
 
 Parameter names and shapes are those of the official PyTorch code with Paddle's BN names (`_mean`,
 `_variance`) and Paddle's Linear layout ([in, out]), which is also how PaddleViT's RepMLP saves them, so
@@ -45,6 +46,55 @@ def bn_scale_shift(bn, dtype='float64'):
     scale = bn.weight.astype(dtype) / paddle.sqrt(bn._variance.astype(dtype) + bn._epsilon)
     shift = bn.bias.astype(dtype) - bn._mean.astype(dtype) * scale
     return scale, shift
+
+
+class ChannelAffine(nn.Layer):
+    """y = x * weight + bias per channel of [N, C, H, W]: an eval-mode BN that no neighbouring layer can absorb."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.weight = self.create_parameter([channels], default_initializer=nn.initializer.Constant(1.0))
+        self.bias = self.create_parameter([channels], is_bias=True)
+
+    def forward(self, x):
+        return x * self.weight.reshape([1, -1, 1, 1]) + self.bias.reshape([1, -1, 1, 1])
+
+
+@paddle.no_grad()
+def channel_affine_from_bn(bn):
+    """The ChannelAffine equal to the eval-mode `bn`."""
+    scale, shift = bn_scale_shift(bn)
+    affine = ChannelAffine(scale.shape[0])
+    affine.weight.set_value(scale.astype(bn.weight.dtype))
+    affine.bias.set_value(shift.astype(bn.bias.dtype))
+    return affine
+
+
+@paddle.no_grad()
+def fuse_conv_bn(block):
+    """In place: the `conv` of a `conv_bn` Sequential takes its `bn` in as a bias; the `bn` is removed."""
+    conv, bn = block.conv, block.bn
+    scale, shift = bn_scale_shift(bn)
+    fused = nn.Conv2D(conv._in_channels, conv._out_channels, conv._kernel_size, stride=conv._stride,
+                      padding=conv._padding, dilation=conv._dilation, groups=conv._groups)
+    fused.weight.set_value((conv.weight.astype('float64') * scale.reshape([-1, 1, 1, 1])).astype(conv.weight.dtype))
+    conv_bias = conv.bias.astype('float64') * scale if conv.bias is not None else 0.0
+    fused.bias.set_value((shift + conv_bias).astype(conv.weight.dtype))
+    block.conv = fused  # replaces the entry in place, so the Sequential's order is kept
+    del block.bn
+    return block
+
+
+@paddle.no_grad()
+def fold_input_affine(conv, scale, shift):
+    """In place: a biased 1x1 `conv` applied to x * scale + shift (per input channel, float64) takes the affine in.
+
+    Exact for 1x1 convs without padding: every output sums its inputs' scaled values and a constant.
+    """
+    weight = conv.weight.astype('float64')  # [out, in, 1, 1]
+    bias = conv.bias.astype('float64') + (weight.squeeze([2, 3]) * shift.reshape([1, -1])).sum(axis=1)
+    conv.weight.set_value((weight * scale.reshape([1, -1, 1, 1])).astype(conv.weight.dtype))
+    conv.bias.set_value(bias.astype(conv.bias.dtype))
 
 
 def permute(x, shape, order):
@@ -314,6 +364,17 @@ class RepMLPNetUnit(nn.Layer):
         x = x + self.repmlp_block(self.prebn1(x))
         return x + self.ffn_block(self.prebn2(x))
 
+    def fold_batchnorms(self):
+        """Fold the FFN's BNs into its convs and prebn2 into ffn_fc1 (exact); prebn1 becomes a ChannelAffine.
+
+        prebn1 cannot fold: fc3 shares one matrix between the C/S channels of a share-set, whose BN scales differ.
+        """
+        fuse_conv_bn(self.ffn_block.ffn_fc1)
+        fuse_conv_bn(self.ffn_block.ffn_fc2)
+        fold_input_affine(self.ffn_block.ffn_fc1.conv, *bn_scale_shift(self.prebn2))
+        self.prebn2 = nn.Identity()
+        self.prebn1 = channel_affine_from_bn(self.prebn1)
+
 
 class RepMLPNet(nn.Layer):
     """Four stages of RepMLPNet units, conv embeddings between them, BN, global pooling and a linear head.
@@ -379,8 +440,37 @@ class RepMLPNet(nn.Layer):
                 layer.local_inject()
         return self
 
+    @paddle.no_grad()
+    def fold_batchnorms(self):
+        """The inference form, in place: locality injection, then every BN folded into a neighbouring conv or
+        linear layer (stem, embeddings, FFN, prebn2, head_norm into the head), prebn1 as a ChannelAffine.
+
+        Eval mode only (the BN statistics become constants); afterwards the model holds no BatchNorm and its
+        state dict no longer loads into `build_repmlp`'s model: save it with paddle.jit.save.
+        """
+        self.locality_injection()
+        for block in [self.conv_embedding, *self.embeds]:
+            fuse_conv_bn(block)
+        for stage in self.stages:
+            for unit in stage:
+                unit.fold_batchnorms()
+        # global average pooling commutes with a per-channel affine, so head_norm folds into the head
+        scale, shift = bn_scale_shift(self.head_norm)
+        weight = self.head.weight.astype('float64')  # [in, out]
+        self.head.bias.set_value((self.head.bias.astype('float64') + (shift.reshape([-1, 1]) * weight).sum(axis=0))
+                                 .astype(self.head.bias.dtype))
+        self.head.weight.set_value((weight * scale.reshape([-1, 1])).astype(self.head.weight.dtype))
+        self.head_norm = nn.Identity()
+        return self
+
 
 RepMLP = RepMLPNet  # PaddleViT's name for the same network
+
+
+def fold_batchnorms(model):
+    """`model.fold_batchnorms()`: the locality-injected network with every BN folded away; returns `model`."""
+    model.eval()
+    return model.fold_batchnorms()
 
 
 def build_repmlp(config):

@@ -195,7 +195,7 @@ def check_state_dict(model, state, source):
     misshaped = sorted(name for name in set(expected) & set(given) if expected[name] != given[name])
     if not (missing or unexpected or misshaped):
         return
-    model_deploy, file_deploy = _is_deploy_form(expected), _is_deploy_form(given)
+    model_deploy, file_deploy = is_deploy_form(expected), is_deploy_form(given)
     if model_deploy is not None and file_deploy is not None and model_deploy != file_deploy:
         if file_deploy:
             raise CheckpointError(f'{source} holds deploy-form weights (locality injected) but the model is the '
@@ -224,13 +224,19 @@ def _first(names, count=6):
     return shown + (f', ... ({len(names) - count} more)' if len(names) > count else '')
 
 
-def _is_deploy_form(shapes):
-    """True for locality-injected weights, False for training-time ones, None when there is no RepMLP block."""
+def is_deploy_form(shapes):
+    """True for locality-injected weights, False for training-time ones, None when there is no RepMLP block.
+
+    `shapes` is a state dict or any mapping whose keys are parameter names.
+    """
     if any(name.endswith('.fc3_bn.weight') for name in shapes):
         return False
     if any(name.endswith('.fc3.bias') for name in shapes):
         return True
     return None
+
+
+_is_deploy_form = is_deploy_form  # the earlier private name
 
 
 def load_weights(model, path):
