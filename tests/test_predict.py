@@ -97,7 +97,8 @@ def test_predict_errors_are_one_line(tmp_path):
     cases = [
         (['-cfg', cfg, '-pretrained', weights, str(tmp_path / 'missing.jpg')], 'image not found'),
         (['-cfg', cfg, '-pretrained', weights, str(not_an_image)], 'is not an image'),
-        (['-cfg', cfg, '-pretrained', weights, '-opts', 'MODEL.NUM_CLASSES', '5', image], 'does not match the model'),
+        (['-cfg', cfg, '-pretrained', weights, '-opts', 'MODEL.NUM_CLASSES', '5', image],
+         'only the classifier differs'),
     ]
     for args, message in cases:
         code, out, err = run_predict(*args)
