@@ -56,3 +56,14 @@ def test_export_matches_the_training_time_model(tmp_path):
                                       str(tmp_path / 'bad'), '-opts', 'MODEL.CHANNELS', '[8, 16, 32, 128]')
     assert code == 2 and 'does not match the model' in stderr and len(stderr.strip().splitlines()) == 1
     assert not (tmp_path / 'bad').exists()
+
+
+def test_benchmark_infer_times_the_three_forms(tmp_path, capsys):
+    import benchmark
+    tiny_config(tmp_path)
+    assert benchmark.main(['infer', '-cfg', str(tmp_path / 'tiny.yaml'), '-batch_sizes', '1', '2',
+                           '-repeats', '1']) == 0
+    out = capsys.readouterr().out
+    assert 'cores' in out.splitlines()[0] and 'matmul peak' in out
+    for form in ('training-time', 'deploy', 'exported, Paddle Inference'):
+        assert sum(line.startswith(form) for line in out.splitlines()) == 2, out

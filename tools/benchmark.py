@@ -2,6 +2,7 @@
 
     python tools/benchmark.py data [-images 256] [-repeats 5] [-batch_size 32]
     python tools/benchmark.py train [-cfg configs/repmlp_t_224.yaml] [-batch_size 8] [-repeats 5]
+    python tools/benchmark.py infer [-cfg configs/repmlp_b_224.yaml] [-batch_sizes 1 8] [-repeats 5]
 
 `data`: images per second per worker process of the train and eval pipelines on photo-like JPEGs of
 ImageNet's typical size (500x375), against a baseline built the PaddleViT way in the same run (PIL, then
@@ -15,6 +16,11 @@ training loop of engine.py, in images/s and as a fraction of the machine's float
 (a 2048^3 matmul timed in the same run), counting a step as 3x the forward MACs. Each variant runs in a fresh
 process so that its peak resident memory is its own; the baseline is the same step with fc3 computed as the
 official grouped 1x1 convolution. AMP is timed too where Paddle supports it (a GPU).
+
+`infer`: images/s of inference (random weights, random images) in the three forms a model goes through: the
+training-time model in eval mode (which applies its fused FC), the deploy form (locality injected, dygraph),
+and the export of tools/export.py (every BN folded, a static program run by the Paddle Inference predictor),
+with the fraction of the matmul peak measured in the same run (MACs of the deploy form x 2 FLOPs).
 """
 
 import argparse
@@ -278,9 +284,56 @@ def bench_train(args):
         print('AMP: not timed, Paddle has no mixed precision on a CPU')
 
 
+def bench_infer(args):
+    """The `infer` subcommand: images/s and fraction of the matmul peak of the three inference forms."""
+    from export import MODEL_PREFIX, create_predictor, predictor_run
+    from repmlp import fold_batchnorms
+
+    print(machine_info())
+    config = get_config(args.cfg)
+    size = config.DATA.IMAGE_SIZE
+    paddle.seed(0)
+    training = engine.build_repmlp(config)
+    training.eval()
+    deploy = engine.build_repmlp(config)
+    deploy.set_state_dict(training.state_dict())
+    deploy.locality_injection()
+    macs = count_macs(deploy, size)
+    peak = matmul_peak_gflops()
+    print(f'{config.MODEL.NAME} at {size}, median of {args.repeats} batches after 2; matmul peak {peak:.0f} '
+          f'GFLOP/s; {macs / 1e9:.2f} GMACs per image (deploy form)')
+    with tempfile.TemporaryDirectory() as folder:
+        exported = engine.build_repmlp(config)
+        exported.set_state_dict(training.state_dict())
+        fold_batchnorms(exported)
+        spec = [paddle.static.InputSpec([None, 3, size, size], 'float32', 'image')]
+        paddle.jit.save(paddle.jit.to_static(exported, input_spec=spec, full_graph=True),
+                        os.path.join(folder, MODEL_PREFIX))
+        del exported
+        predictor = create_predictor(folder)
+        print(f'{"form":<36}{"batch":>6}{"images/s":>10}{"ms/batch":>10}{"of peak":>9}')
+        for batch in args.batch_sizes:
+            images = np.random.default_rng(batch).standard_normal((batch, 3, size, size)).astype(np.float32)
+            tensor = paddle.to_tensor(images)
+            forms = [('training-time (eval, fused FC)', lambda: training(tensor).numpy()),
+                     ('deploy (locality injected)', lambda: deploy(tensor).numpy()),
+                     ('exported, Paddle Inference', lambda: predictor_run(predictor, images))]
+            for label, run in forms:
+                with paddle.no_grad():
+                    seconds = median_seconds(run, warmup=2, repeats=args.repeats)
+                rate = batch / seconds
+                fraction = rate * macs * 2 / 1e9 / peak
+                print(f'{label:<36}{batch:>6}{rate:>10.2f}{seconds * 1e3:>10.1f}{fraction:>8.0%}', flush=True)
+    peak_after = matmul_peak_gflops()
+    if peak_after > 1.2 * peak:
+        print(f'note: the matmul peak measured {peak_after:.0f} GFLOP/s after the runs (other processes were busy '
+              'before): the fractions above are then too high')
+
+
 SUBCOMMANDS = {
     'data': bench_data,
     'train': bench_train,
+    'infer': bench_infer,
 }
 
 
@@ -296,6 +349,10 @@ def build_parser():
     train.add_argument('-cfg', default=os.path.join(ROOT, 'configs', 'repmlp_t_224.yaml'), help='model config')
     train.add_argument('-batch_size', type=int, default=8, help='images per step')
     train.add_argument('-repeats', type=int, default=5, help='timed steps after two untimed ones')
+    infer = commands.add_parser('infer', help='inference images/s of the training-time, deploy and exported forms')
+    infer.add_argument('-cfg', default=os.path.join(ROOT, 'configs', 'repmlp_b_224.yaml'), help='model config')
+    infer.add_argument('-batch_sizes', type=int, nargs='+', default=[1, 8], help='images per batch, each timed')
+    infer.add_argument('-repeats', type=int, default=5, help='timed batches after two untimed ones')
     return parser
 
 

@@ -26,6 +26,7 @@ import runtime  # noqa: E402,F401  (before paddle: CPU threads and MKL path)
 import paddle  # noqa: E402
 
 from config import UserError, build_arg_parser, get_config, update_config  # noqa: E402
+from datasets import DEFAULT_DEMO_PATH  # noqa: E402
 from repmlp import fold_batchnorms  # noqa: E402
 from reparam import check_close, load_model, random_images, run_model  # noqa: E402
 from utils import run_cli  # noqa: E402
@@ -46,6 +47,13 @@ def exported_files(model_dir):
                     f'{MODEL_PREFIX}.pdiparams); write one with tools/export.py')
 
 
+def data_folder(config):
+    """The dataset folder of `config` (where a classes.txt may be): DATA.DATA_PATH, or the demo data's default."""
+    if not config.DATA.DATA_PATH and config.DATA.DATASET == 'demo':
+        return DEFAULT_DEMO_PATH
+    return config.DATA.DATA_PATH
+
+
 def inference_threads():
     """The CPU threads an inference engine may use: OMP_NUM_THREADS, which runtime.py sets to the usable cores."""
     return int(os.environ.get('OMP_NUM_THREADS') or runtime.usable_cores())
@@ -60,6 +68,9 @@ def create_predictor(model_dir):
         config.enable_use_gpu(256, 0)
     else:
         config.disable_gpu()
+        # Paddle Inference turns oneDNN on by default on CPUs; measured with B224 on a 2-core EPYC it runs an image
+        # in 10 s instead of 0.19 s with Paddle's own kernels (the same time as the dygraph deploy form).
+        config.disable_mkldnn()
         config.set_cpu_math_library_num_threads(inference_threads())
     config.disable_glog_info()
     return inference.create_predictor(config)
@@ -123,8 +134,8 @@ def export(config, weights, output_dir, onnx=False, log=print):
             check('ONNX Runtime', [session.run(None, {name: batch})[0] for batch in batches])
         with open(os.path.join(staging, 'config.yaml'), 'w', encoding='utf-8') as file:
             file.write(config.dump())
-        classes = os.path.join(config.DATA.DATA_PATH, 'classes.txt')
-        if config.DATA.DATA_PATH and os.path.isfile(classes):
+        classes = os.path.join(data_folder(config), 'classes.txt')
+        if data_folder(config) and os.path.isfile(classes):
             shutil.copyfile(classes, os.path.join(staging, 'classes.txt'))
         for name in sorted(os.listdir(staging)):
             os.replace(os.path.join(staging, name), os.path.join(output_dir, name))

@@ -6,8 +6,8 @@
 Images are prepared exactly as in evaluation (transforms.build_transform(config, is_train=False), then
 transforms.normalize). With `-model_dir` (written by tools/export.py) the config is the `config.yaml` saved
 there. Class names come from a `classes.txt` (one name per line, in label order) in the export folder or in
-DATA.DATA_PATH; otherwise, for 1000 classes, from tools/imagenet_synsets.txt (ImageNet's standard order);
-otherwise they are `class N`. A missing file, a file that is not an image, or weights that do not match the
+DATA.DATA_PATH; otherwise the demo data's shapes, or for 1000 classes tools/imagenet_synsets.txt (ImageNet's
+standard order); otherwise they are `class N`. A missing file, a file that is not an image, or weights that do not match the
 config is one line and exit code 2.
 """
 
@@ -26,8 +26,8 @@ import paddle  # noqa: E402
 
 import transforms  # noqa: E402
 from config import UserError, build_arg_parser, get_config, update_config  # noqa: E402
-from datasets import load_rgb  # noqa: E402
-from export import create_predictor, predictor_run  # noqa: E402
+from datasets import DEMO_CLASSES, load_rgb  # noqa: E402
+from export import create_predictor, data_folder, predictor_run  # noqa: E402
 from reparam import load_model  # noqa: E402
 from utils import run_cli  # noqa: E402
 
@@ -59,6 +59,8 @@ def class_names(config, folders):
     for folder in folders:
         if folder and os.path.isfile(os.path.join(folder, 'classes.txt')):
             return read_class_names(os.path.join(folder, 'classes.txt'), num_classes)
+    if config.DATA.DATASET == 'demo' and num_classes == len(DEMO_CLASSES):
+        return list(DEMO_CLASSES)
     if num_classes == 1000:
         return imagenet_class_names()
     return [f'class {label}' for label in range(num_classes)]
@@ -110,14 +112,14 @@ def build_runner(args):
 
         def run(images):
             return predictor_run(predictor, transforms.normalize(paddle.to_tensor(images), config).numpy())
-        return config, run, [args.model_dir, config.DATA.DATA_PATH]
+        return config, run, [args.model_dir, data_folder(config)]
     config = update_config(get_config(), args)
     model, _ = load_model(config, config.MODEL.PRETRAINED)
 
     def run(images):
         with paddle.no_grad():
             return model(transforms.normalize(paddle.to_tensor(images), config)).numpy()
-    return config, run, [config.DATA.DATA_PATH]
+    return config, run, [data_folder(config)]
 
 
 def predict(args):
