@@ -184,7 +184,7 @@ def train_one_epoch(trainer, loader, epoch):
     accum_iter = config.TRAIN.ACCUM_ITER
     num_batches = len(loader) // accum_iter * accum_iter
     trainer.model.train()
-    loss_meter, start, images_seen = utils.AverageMeter(), time.time(), 0
+    loss_meter, start, images_seen, skipped_steps = utils.AverageMeter(), time.time(), 0, 0
     for index, (images, labels) in enumerate(loader):
         if index == num_batches:
             break
@@ -195,11 +195,12 @@ def train_one_epoch(trainer, loader, epoch):
         is_update = (index + 1) % accum_iter == 0
         loss = _forward_backward(trainer, images, targets, is_update)
         if not math.isfinite(loss):
+            found = utils.list_checkpoints(config.SAVE)
+            last_good = f'the last good checkpoint is {found[-1]}' if found else f'no checkpoint yet in {config.SAVE}'
             raise TrainingDiverged(f'epoch {epoch + 1}, batch {index + 1}: the loss is {loss}; stopped before the '
-                                   f'update, checkpoints in {config.SAVE} are untouched. Lower TRAIN.BASE_LR or set '
-                                   'TRAIN.GRAD_CLIP')
+                                   f'update, {last_good}. Lower TRAIN.BASE_LR or set TRAIN.GRAD_CLIP')
         if is_update:
-            _optimizer_step(trainer)
+            skipped_steps += _optimizer_step(trainer)
         loss_meter.update(loss, len(labels))
         images_seen += len(labels)
         if (index + 1) % config.REPORT_FREQ == 0 or index + 1 == num_batches:
@@ -207,8 +208,15 @@ def train_one_epoch(trainer, loader, epoch):
                           images_seen, start, f'loss {loss_meter.global_avg():.4f} lr {trainer.optimizer.get_lr():.3e}')
     elapsed = time.time() - start
     world_images = images_seen * utils.get_world_size()
-    return {'train_loss': loss_meter.global_avg(), 'lr': trainer.optimizer.get_lr(),
-            'train_images_per_sec': world_images / elapsed, 'train_time': elapsed}
+    stats = {'train_loss': loss_meter.global_avg(), 'lr': trainer.optimizer.get_lr(),
+             'train_images_per_sec': world_images / elapsed, 'train_time': elapsed}
+    if trainer.scaler.is_enable():
+        # the gradients are all-reduced before the scaler looks at them, so every rank skips the same steps
+        stats['amp_skipped_steps'] = skipped_steps
+        if skipped_steps:
+            logger.info(f'Epoch {epoch + 1}: the float16 GradScaler skipped {skipped_steps} of '
+                        f'{num_batches // accum_iter} optimizer steps (inf/NaN gradients; the loss scale was lowered)')
+    return stats
 
 
 def _forward_backward(trainer, images, targets, is_update):
@@ -231,13 +239,19 @@ def _forward_backward(trainer, images, targets, is_update):
 
 
 def _optimizer_step(trainer):
-    """Unscale, clip and apply the accumulated gradients, then advance the LR schedule and the EMA."""
+    """Unscale, clip and apply the accumulated gradients, then advance the LR schedule and the EMA.
+
+    Returns True when the float16 GradScaler skipped the update because a gradient was inf or NaN (normal now and
+    then while the loss scale adapts; counted per epoch, not fatal).
+    """
     trainer.scaler.step(trainer.optimizer)
+    skipped = trainer.scaler.is_enable() and bool(getattr(trainer.scaler, '_cache_found_inf', False))
     trainer.scaler.update()
     trainer.optimizer.clear_grad()
     trainer.lr_scheduler.step()
     if trainer.ema is not None:
         trainer.ema.update(trainer.raw_model)
+    return skipped
 
 
 def _log_progress(logger, title, done, total, images_seen, start, details):
