@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import shutil
 import tempfile
+import threading
 
 import numpy as np
 import paddle
@@ -120,11 +121,12 @@ class ImageNet2012Dataset(Dataset):
         try:
             return self._load(index)
         except DatasetError as err:
-            if paddle.io.get_worker_info() is None:
+            if paddle.io.get_worker_info() is None and threading.current_thread() is threading.main_thread():
                 raise
-            # Raised in a DataLoader worker, Paddle reports it in the main process as an opaque "Blocking queue is
-            # killed" SystemError, after a thread traceback. So the worker hands the message to the main process
-            # through shared memory and returns a placeholder (label -1); `FaultAwareDataLoader` then raises it.
+            # Raised in a DataLoader worker process, or in the thread that loads batches when NUM_WORKERS is 0,
+            # Paddle reports it as an opaque "Blocking queue is killed" SystemError after a thread traceback. So
+            # the message goes to the main thread through shared memory, with a placeholder item (label -1), and
+            # `FaultAwareDataLoader` raises it there.
             with self._worker_error.get_lock():
                 if not self._worker_error.value:  # the first one met, not one of a batch prefetched later
                     self._worker_error.value = str(err).encode('utf-8')[:WORKER_ERROR_BYTES - 1]
@@ -277,7 +279,7 @@ class FaultAwareDataLoader(DataLoader):
         for batch in super().__iter__():
             message = worker_error()
             if message:
-                raise DatasetError(f'{message} (in a DataLoader worker)')
+                raise DatasetError(f'{message} (while loading a batch)')
             yield batch
 
 

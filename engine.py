@@ -403,6 +403,12 @@ def train(config, logger):
         logger.info(f'resumed from {resume} after epoch {start_epoch}')
     elif config.MODEL.RESUME:
         logger.info(f'-resume auto: no checkpoint in {config.SAVE}, starting at epoch {start_epoch + 1}')
+    elif utils.list_checkpoints(config.SAVE):
+        # a new run's checkpoint-0001 would be pruned at once by the old run's higher epochs (KEEP_LAST), and a
+        # later -resume auto would continue the old run
+        raise ConfigError(f'{config.SAVE} already holds the checkpoints of a run (up to '
+                          f'{os.path.basename(utils.list_checkpoints(config.SAVE)[-1])}): continue it with '
+                          '-resume auto, or give another -output')
     stats = {}
     for epoch in range(start_epoch, config.TRAIN.NUM_EPOCHS):
         stats = train_and_validate_epoch(trainer, train_loader, val_loader, epoch)

@@ -162,7 +162,7 @@ def test_a_bad_image_in_a_dataloader_worker_is_the_same_error(bad_images):
     with pytest.raises(DatasetError) as error:
         for _ in loader:
             pass
-    assert 'empty.JPEG: cannot read image' in str(error.value) and 'DataLoader worker' in str(error.value)
+    assert 'empty.JPEG: cannot read image' in str(error.value) and 'while loading a batch' in str(error.value)
 
 
 def test_a_bad_image_in_a_worker_gives_one_error_line_from_the_entry_point(tmp_path):
@@ -178,7 +178,7 @@ def test_a_bad_image_in_a_worker_gives_one_error_line_from_the_entry_point(tmp_p
             '-batch_size', '18', '-opts', 'DATA.NUM_WORKERS', '2', 'TRAIN.NUM_EPOCHS', '1']
     code, _, err = finish(start('main_single_gpu.py', args))
     line = assert_one_error_line(code, err, '2_1.JPEG: cannot read image', 'DATA.SKIP_BAD_IMAGES')
-    assert 'DataLoader worker' in line
+    assert 'while loading a batch' in line
 
 
 # ---------------------------------------------------------------------------------------------- configs
@@ -395,3 +395,14 @@ def test_amp_skipped_steps_are_counted_and_logged_not_fatal(tmp_path, monkeypatc
     assert len(steps) == 4 and stats['amp_skipped_steps'] == 2
     log = open(os.path.join(trainer.config.SAVE, 'log.txt'), encoding='utf-8').read()
     assert 'skipped 2 of 4 optimizer steps' in log
+
+
+def test_a_fresh_run_into_a_folder_with_checkpoints_is_refused(tmp_path):
+    """Its checkpoint-0001 would be pruned by the old run's higher epochs, and -resume auto would continue the old
+    run: nothing may be lost silently, so the user chooses."""
+    output = tmp_path / 'out'
+    utils.save_checkpoint(str(output), 3, **fake_state(5))
+    code, _, err = finish(start('main_single_gpu.py', ['-cfg', TINY, '-data_path', str(tmp_path / 'demo'),
+                                                       '-output', str(output)]))
+    assert_one_error_line(code, err, 'already holds the checkpoints of a run', 'checkpoint-0005.pdparams',
+                          '-resume auto')
