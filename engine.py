@@ -401,6 +401,8 @@ def train(config, logger):
     if resume:
         start_epoch = restore(trainer, resume)
         logger.info(f'resumed from {resume} after epoch {start_epoch}')
+        if utils.is_main_process():
+            utils.drop_epochs_after(os.path.join(config.SAVE, 'log.jsonl'), start_epoch)
     elif config.MODEL.RESUME:
         logger.info(f'-resume auto: no checkpoint in {config.SAVE}, starting at epoch {start_epoch + 1}')
     elif utils.list_checkpoints(config.SAVE):
@@ -440,11 +442,12 @@ def train_and_validate_epoch(trainer, train_loader, val_loader, epoch):
         if trainer.ema is not None:
             stats.update(_validate_and_keep_best(trainer, trainer.ema.model, val_loader, 'ema'))
     stats.update({f'best_{prefix}_acc1': value for prefix, value in trainer.best_acc1.items()})
-    if (done % config.SAVE_FREQ == 0 or last) and utils.is_main_process():
-        checkpoint(trainer, done)
     logger.info(f'epoch {done}: ' + ' '.join(f'{key} {value:.5g}' for key, value in stats.items() if key != 'epoch'))
     if utils.is_main_process():
+        # logged before the checkpoint: a resumed run drops the lines after its checkpoint and writes them again
         utils.write_json(stats, os.path.join(config.SAVE, 'log.jsonl'), append=True)
+    if (done % config.SAVE_FREQ == 0 or last) and utils.is_main_process():
+        checkpoint(trainer, done)
     return stats
 
 

@@ -124,6 +124,20 @@ def write_json(obj, path, append=False):
     os.replace(temporary, path)
 
 
+def drop_epochs_after(log_path, epoch):
+    """Remove the lines of epochs after `epoch` from a run's log.jsonl (the epochs a resumed run does again)."""
+    if not os.path.isfile(log_path):
+        return
+    with open(log_path, encoding='utf-8') as file:
+        lines = [line for line in file if line.strip()]
+    kept = [line for line in lines if json.loads(line).get('epoch', 0) <= epoch]
+    if len(kept) < len(lines):
+        temporary = f'{log_path}.tmp{os.getpid()}'
+        with open(temporary, 'w', encoding='utf-8') as file:
+            file.writelines(kept)
+        os.replace(temporary, log_path)
+
+
 class AverageMeter:
     """A running sum and count of a value, on the host; `avg` is their ratio."""
 

@@ -406,3 +406,11 @@ def test_a_fresh_run_into_a_folder_with_checkpoints_is_refused(tmp_path):
                                                        '-output', str(output)]))
     assert_one_error_line(code, err, 'already holds the checkpoints of a run', 'checkpoint-0005.pdparams',
                           '-resume auto')
+
+
+def test_a_resumed_run_drops_the_log_lines_it_will_write_again(tmp_path):
+    log = tmp_path / 'log.jsonl'
+    log.write_text(''.join(f'{{"epoch": {epoch}, "train_loss": 1.0}}\n' for epoch in range(1, 5)))
+    utils.drop_epochs_after(str(log), 2)
+    assert [line for line in log.read_text().splitlines()] == ['{"epoch": 1, "train_loss": 1.0}',
+                                                                 '{"epoch": 2, "train_loss": 1.0}']
