@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import shutil
 import tempfile
+import threading
 
 import numpy as np
 import paddle
@@ -25,6 +26,7 @@ from transforms import build_transform
 
 LIST_FILES = {True: 'train_list.txt', False: 'val_list.txt'}
 DEFAULT_DEMO_PATH = os.path.join('.', 'data', 'demo')
+WORKER_ERROR_BYTES = 4096  # room for a DatasetError message passed from a DataLoader worker
 MAX_SKIPS_IN_A_ROW = 10  # with SKIP_BAD_IMAGES, this many unreadable images in a row means a broken dataset
 
 logger = logging.getLogger(__name__)
@@ -106,6 +108,7 @@ class ImageNet2012Dataset(Dataset):
         self.transform = transform
         self.skip_bad_images = skip_bad_images
         self._bad_images = multiprocessing.Value('q', 0)
+        self._worker_error = multiprocessing.Array('c', WORKER_ERROR_BYTES)
 
     def __len__(self):
         return len(self.samples)
@@ -115,6 +118,25 @@ class ImageNet2012Dataset(Dataset):
         return os.path.join(self.data_path, self.samples[index][0])
 
     def __getitem__(self, index):
+        try:
+            return self._load(index)
+        except DatasetError as err:
+            if paddle.io.get_worker_info() is None and threading.current_thread() is threading.main_thread():
+                raise
+            # Raised in a DataLoader worker process, or in the thread that loads batches when NUM_WORKERS is 0,
+            # Paddle reports it as an opaque "Blocking queue is killed" SystemError after a thread traceback. So
+            # the message goes to the main thread through shared memory, with a placeholder item (label -1), and
+            # `FaultAwareDataLoader` raises it there.
+            with self._worker_error.get_lock():
+                if not self._worker_error.value:  # the first one met, not one of a batch prefetched later
+                    self._worker_error.value = str(err).encode('utf-8')[:WORKER_ERROR_BYTES - 1]
+            return self.transform(Image.new('RGB', (DEMO_SIDE, DEMO_SIDE))), -1
+
+    def worker_error(self):
+        """The DatasetError message that a DataLoader worker met ('' if none)."""
+        return self._worker_error.value.decode('utf-8', errors='replace')
+
+    def _load(self, index):
         for offset in range(MAX_SKIPS_IN_A_ROW + 1):
             current = (index + offset) % len(self.samples)
             try:
@@ -260,8 +282,24 @@ def get_dataloader(config, dataset, is_train, distributed):
         sampler = TrainBatchSampler(len(dataset), config.DATA.BATCH_SIZE, rank, world_size)
     else:
         sampler = EvalBatchSampler(len(dataset), config.DATA.BATCH_SIZE_EVAL, rank, world_size)
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=config.DATA.NUM_WORKERS,
-                      collate_fn=collate_uint8)
+    return FaultAwareDataLoader(dataset, batch_sampler=sampler, num_workers=config.DATA.NUM_WORKERS,
+                                collate_fn=collate_uint8)
+
+
+class FaultAwareDataLoader(DataLoader):
+    """A DataLoader that raises, in the main process, the DatasetError that one of its workers met.
+
+    The check is a read of a few bytes of shared memory per batch; the batch that carries the placeholder is
+    never given to the training loop.
+    """
+
+    def __iter__(self):
+        worker_error = getattr(self.dataset, 'worker_error', lambda: '')
+        for batch in super().__iter__():
+            message = worker_error()
+            if message:
+                raise DatasetError(f'{message} (while loading a batch)')
+            yield batch
 
 
 def collate_uint8(batch):

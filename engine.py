@@ -239,7 +239,7 @@ def train_one_epoch(trainer, loader, epoch):
     num_batches = len(loader) // accum_iter * accum_iter
     trainer.model.train()
     keep_in_eval_mode(trainer.frozen)
-    loss_meter, start, images_seen = utils.AverageMeter(), time.time(), 0
+    loss_meter, start, images_seen, skipped_steps = utils.AverageMeter(), time.time(), 0, 0
     for index, (images, labels) in enumerate(loader):
         if index == num_batches:
             break
@@ -250,11 +250,12 @@ def train_one_epoch(trainer, loader, epoch):
         is_update = (index + 1) % accum_iter == 0
         loss = _forward_backward(trainer, images, targets, is_update)
         if not math.isfinite(loss):
+            found = utils.list_checkpoints(config.SAVE)
+            last_good = f'the last good checkpoint is {found[-1]}' if found else f'no checkpoint yet in {config.SAVE}'
             raise TrainingDiverged(f'epoch {epoch + 1}, batch {index + 1}: the loss is {loss}; stopped before the '
-                                   f'update, checkpoints in {config.SAVE} are untouched. Lower TRAIN.BASE_LR or set '
-                                   'TRAIN.GRAD_CLIP')
+                                   f'update, {last_good}. Lower TRAIN.BASE_LR or set TRAIN.GRAD_CLIP')
         if is_update:
-            _optimizer_step(trainer)
+            skipped_steps += _optimizer_step(trainer)
         loss_meter.update(loss, len(labels))
         images_seen += len(labels)
         if (index + 1) % config.REPORT_FREQ == 0 or index + 1 == num_batches:
@@ -262,8 +263,15 @@ def train_one_epoch(trainer, loader, epoch):
                           images_seen, start, f'loss {loss_meter.global_avg():.4f} lr {trainer.optimizer.get_lr():.3e}')
     elapsed = time.time() - start
     world_images = images_seen * utils.get_world_size()
-    return {'train_loss': loss_meter.global_avg(), 'lr': trainer.optimizer.get_lr(),
-            'train_images_per_sec': world_images / elapsed, 'train_time': elapsed}
+    stats = {'train_loss': loss_meter.global_avg(), 'lr': trainer.optimizer.get_lr(),
+             'train_images_per_sec': world_images / elapsed, 'train_time': elapsed}
+    if trainer.scaler.is_enable():
+        # the gradients are all-reduced before the scaler looks at them, so every rank skips the same steps
+        stats['amp_skipped_steps'] = skipped_steps
+        if skipped_steps:
+            logger.info(f'Epoch {epoch + 1}: the float16 GradScaler skipped {skipped_steps} of '
+                        f'{num_batches // accum_iter} optimizer steps (inf/NaN gradients; the loss scale was lowered)')
+    return stats
 
 
 def _forward_backward(trainer, images, targets, is_update):
@@ -286,13 +294,19 @@ def _forward_backward(trainer, images, targets, is_update):
 
 
 def _optimizer_step(trainer):
-    """Unscale, clip and apply the accumulated gradients, then advance the LR schedule and the EMA."""
+    """Unscale, clip and apply the accumulated gradients, then advance the LR schedule and the EMA.
+
+    Returns True when the float16 GradScaler skipped the update because a gradient was inf or NaN (normal now and
+    then while the loss scale adapts; counted per epoch, not fatal).
+    """
     trainer.scaler.step(trainer.optimizer)
+    skipped = trainer.scaler.is_enable() and bool(getattr(trainer.scaler, '_cache_found_inf', False))
     trainer.scaler.update()
     trainer.optimizer.clear_grad()
     trainer.lr_scheduler.step()
     if trainer.ema is not None:
         trainer.ema.update(trainer.raw_model)
+    return skipped
 
 
 def _log_progress(logger, title, done, total, images_seen, start, details):
@@ -464,8 +478,16 @@ def train(config, logger):
     if resume:
         start_epoch = restore(trainer, resume)
         logger.info(f'resumed from {resume} after epoch {start_epoch}')
+        if utils.is_main_process():
+            utils.drop_epochs_after(os.path.join(config.SAVE, 'log.jsonl'), start_epoch)
     elif config.MODEL.RESUME:
         logger.info(f'-resume auto: no checkpoint in {config.SAVE}, starting at epoch {start_epoch + 1}')
+    elif utils.list_checkpoints(config.SAVE):
+        # a new run's checkpoint-0001 would be pruned at once by the old run's higher epochs (KEEP_LAST), and a
+        # later -resume auto would continue the old run
+        raise ConfigError(f'{config.SAVE} already holds the checkpoints of a run (up to '
+                          f'{os.path.basename(utils.list_checkpoints(config.SAVE)[-1])}): continue it with '
+                          '-resume auto, or give another -output')
     stats = {}
     for epoch in range(start_epoch, config.TRAIN.NUM_EPOCHS):
         stats = train_and_validate_epoch(trainer, train_loader, val_loader, epoch)
@@ -497,11 +519,12 @@ def train_and_validate_epoch(trainer, train_loader, val_loader, epoch):
         if trainer.ema is not None:
             stats.update(_validate_and_keep_best(trainer, trainer.ema.model, val_loader, 'ema'))
     stats.update({f'best_{prefix}_acc1': value for prefix, value in trainer.best_acc1.items()})
-    if (done % config.SAVE_FREQ == 0 or last) and utils.is_main_process():
-        checkpoint(trainer, done)
     logger.info(f'epoch {done}: ' + ' '.join(f'{key} {value:.5g}' for key, value in stats.items() if key != 'epoch'))
     if utils.is_main_process():
+        # logged before the checkpoint: a resumed run drops the lines after its checkpoint and writes them again
         utils.write_json(stats, os.path.join(config.SAVE, 'log.jsonl'), append=True)
+    if (done % config.SAVE_FREQ == 0 or last) and utils.is_main_process():
+        checkpoint(trainer, done)
     return stats
 
 

@@ -125,6 +125,20 @@ def write_json(obj, path, append=False):
     os.replace(temporary, path)
 
 
+def drop_epochs_after(log_path, epoch):
+    """Remove the lines of epochs after `epoch` from a run's log.jsonl (the epochs a resumed run does again)."""
+    if not os.path.isfile(log_path):
+        return
+    with open(log_path, encoding='utf-8') as file:
+        lines = [line for line in file if line.strip()]
+    kept = [line for line in lines if json.loads(line).get('epoch', 0) <= epoch]
+    if len(kept) < len(lines):
+        temporary = f'{log_path}.tmp{os.getpid()}'
+        with open(temporary, 'w', encoding='utf-8') as file:
+            file.writelines(kept)
+        os.replace(temporary, log_path)
+
+
 class AverageMeter:
     """A running sum and count of a value, on the host; `avg` is their ratio."""
 
@@ -152,8 +166,22 @@ def run_cli(main):
     try:
         main()
     except UserError as err:
-        print(f'error: {err}', file=sys.stderr)
+        print(f'error: {one_line(err)}', file=sys.stderr)
         sys.exit(2)
+
+
+def one_line(err):
+    """The message of a UserError; for one re-raised by a DataLoader worker, the original message and the worker.
+
+    Paddle re-raises a worker's exception in the main process with the worker's whole traceback as its
+    message; the user needs its last line (`module.DatasetError: file: cannot read image ...`).
+    """
+    text = str(err).strip()
+    match = re.match(r'DataLoader (worker\(\d+\)) caught \w+ with message:', text)
+    if not match:
+        return text
+    last = text.splitlines()[-1]
+    return f'{last.split(": ", 1)[-1]} (in DataLoader {match.group(1)})'
 
 
 def read_state_dict(path):
@@ -303,7 +331,19 @@ def save_checkpoint(folder, keep_last, **state):
     save_atomically(state, path)
     for old in list_checkpoints(folder)[:-keep_last]:
         os.remove(old)
+    remove_stale_temporaries(folder)
     return path
+
+
+def remove_stale_temporaries(folder):
+    """Delete the temporaries of `save_atomically` that other processes left (a save killed half-way).
+
+    They never look like checkpoints to `list_checkpoints`; this only frees their space. Only rank 0 saves,
+    so a temporary of another process id in the run's folder is from an earlier, killed run.
+    """
+    for path in glob.glob(os.path.join(folder, '.*.tmp*')):
+        if not path.endswith(f'.tmp{os.getpid()}'):
+            os.remove(path)
 
 
 def list_checkpoints(folder):
@@ -325,6 +365,10 @@ def load_checkpoint(path):
     """Read a training checkpoint written by `save_checkpoint`; CheckpointError if it is not one."""
     if not os.path.isfile(path):
         raise CheckpointError(f'checkpoint not found: {path} (-resume takes a checkpoint-NNNN.pdparams or auto)')
+    if _is_torch_file(path):
+        raise CheckpointError(f'{path} is a PyTorch checkpoint, not one to resume from; convert it with '
+                              f'tools/convert_torch_weights.py -cfg CFG -src {path} -dst OUT.pdparams and '
+                              'start from it with -pretrained OUT.pdparams')
     try:
         state = paddle.load(path)
     except Exception as err:  # paddle raises many types for a file that is not its format

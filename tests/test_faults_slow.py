@@ -1,0 +1,208 @@
+"""Faults that need whole runs: SIGKILL while saving, at a random point of an epoch and in a 2-process job, then
+`-resume auto`; and a rank that fails on its own input. Marked slow (`pytest -m "not slow"` leaves them out).
+
+The kill points are random; each test prints its seed so that a failure can be repeated (FAULTS_SEED=...).
+"""
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import paddle
+import pytest
+
+import utils
+from datasets import LIST_FILES
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, 'tests', 'configs', 'tiny_demo.yaml')
+EPOCHS = 3
+
+pytestmark = pytest.mark.slow
+
+
+def rng():
+    seed = int(os.environ.get('FAULTS_SEED', random.randrange(10 ** 6)))
+    print('FAULTS_SEED', seed)
+    return random.Random(seed)
+
+
+def start(args, threads='1'):
+    return subprocess.Popen([sys.executable] + args, cwd=ROOT, env={**os.environ, 'OMP_NUM_THREADS': threads},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def finish(process, timeout=180):
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        out, err = process.communicate()
+        pytest.fail(f'{process.args} did not finish in {timeout}s:\n{(out + err)[-3000:]}')
+    return process.returncode, out, err
+
+
+def kill_group(process):
+    """SIGKILL the process and everything it started (the launcher and its ranks), like a lost machine."""
+    os.killpg(process.pid, signal.SIGKILL)
+    process.communicate()
+
+
+def wait_for(path, text, process, timeout=120):
+    deadline = time.time() + timeout
+    while not (os.path.isfile(path) and text in open(path, encoding='utf-8').read()):
+        if process.poll() is not None or time.time() > deadline:
+            out, err = process.communicate()
+            pytest.fail(f'{text!r} never appeared in {path}:\n{(out + err)[-3000:]}')
+        time.sleep(0.05)
+
+
+def train_args(data_path, output, nprocs=None, resume=False):
+    script = ['main_single_gpu.py'] if nprocs is None else ['main_multi_gpu.py', '-nprocs', str(nprocs)]
+    return script + (['-resume', 'auto'] if resume else []) + [
+        '-cfg', TINY, '-data_path', data_path, '-output', output, '-opts', 'TRAIN.NUM_EPOCHS', str(EPOCHS),
+        'TRAIN.MODEL_EMA', 'True', 'TRAIN.MODEL_EMA_DECAY', '0.9', 'REPORT_FREQ', '2']
+
+
+def flatten(state, prefix=''):
+    flat = {}
+    for key, value in state.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f'{prefix}{key}/'))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def assert_same_run(straight, resumed):
+    """Final checkpoints (weights, optimizer, EMA, schedule, best) and last epoch's metrics exactly equal."""
+    name = f'checkpoint-{EPOCHS:04d}.pdparams'
+    a = flatten(paddle.load(os.path.join(straight, name)))
+    b = flatten(paddle.load(os.path.join(resumed, name)))
+    assert a.keys() == b.keys()
+    for key in set(a) - {'config'}:  # the configs differ in SAVE and RESUME only
+        if isinstance(a[key], paddle.Tensor):
+            np.testing.assert_array_equal(a[key].numpy(), b[key].numpy(), err_msg=key)
+        else:
+            assert a[key] == b[key], key
+    # every epoch logged exactly once, with the same numbers (timings aside), however the run was broken off
+    logs = [[json.loads(line) for line in open(os.path.join(run, 'log.jsonl'), encoding='utf-8')]
+            for run in (straight, resumed)]
+    assert [e['epoch'] for e in logs[1]] == list(range(1, EPOCHS + 1))
+    for a_epoch, b_epoch in zip(*logs):
+        for key in ('epoch', 'train_loss', 'lr', 'val_acc1', 'val_loss', 'ema_acc1', 'best_val_acc1',
+                    'skipped_images', 'param_rank_spread'):
+            assert a_epoch[key] == b_epoch[key], (a_epoch['epoch'], key)
+
+
+@pytest.fixture(scope='module')
+def demo_path(tmp_path_factory):
+    return str(tmp_path_factory.mktemp('data') / 'demo')
+
+
+@pytest.fixture(scope='module')
+def straight(demo_path, tmp_path_factory):
+    """One uninterrupted single-process run, and one 2-process run, started together: {'1': out, '2': out}."""
+    outputs = {n: str(tmp_path_factory.mktemp(f'straight{n}')) for n in ('1', '2')}
+    first = start(train_args(demo_path, outputs['1']))
+    code, out, err = finish(first)  # writes the demo data before the two ranks both need it
+    assert code == 0, (out + err)[-3000:]
+    code, out, err = finish(start(train_args(demo_path, outputs['2'], nprocs=2)))
+    assert code == 0, (out + err)[-3000:]
+    return outputs
+
+
+SAVER = """
+import os, sys, time
+sys.path.insert(0, {root!r})
+import paddle, utils
+state = {{key: None for key in utils.CHECKPOINT_KEYS}}
+state.update(best_acc1={{}}, config='')
+found = utils.list_checkpoints({folder!r})
+first = utils.load_checkpoint(found[-1])['epoch'] + 1 if found else 1  # as -resume auto would
+for epoch in range(first, first + 1000):
+    state.update(epoch=epoch, model={{'w': paddle.full([{size}], float(epoch))}})
+    print('writing', epoch, flush=True)
+    utils.save_checkpoint({folder!r}, 2, **state)
+"""
+
+
+def test_sigkill_while_writing_checkpoints_leaves_only_complete_ones(tmp_path):
+    """A process saving 40 MB checkpoints in a loop is killed at random moments; whatever -resume auto then
+    picks is complete and loads, the temporaries it left are ignored, and the next save removes them."""
+    random_ = rng()
+    folder = str(tmp_path)
+    for attempt in range(3):
+        process = start(['-c', SAVER.format(root=ROOT, folder=folder, size=10_000_000)])
+        for _ in range(random_.randint(2, 4)):
+            assert process.stdout.readline().startswith('writing'), process.stderr.read()
+        time.sleep(random_.uniform(0.0, 0.3))
+        kill_group(process)
+        found = utils.list_checkpoints(folder)
+        chosen = utils.resolve_resume('auto', folder)
+        assert chosen == found[-1]
+        for path in found:
+            state = utils.load_checkpoint(path)
+            assert float(state['model']['w'][-1]) == state['epoch']
+        print(attempt, 'left', sorted(os.listdir(folder)))
+    utils.save_checkpoint(folder, 2, **utils.load_checkpoint(chosen))
+    assert not [name for name in os.listdir(folder) if '.tmp' in name]
+
+
+def test_sigkill_at_a_random_point_then_resume_auto_equals_a_straight_run(demo_path, straight, tmp_path):
+    output = str(tmp_path)
+    process = start(train_args(demo_path, output))
+    wait_for(os.path.join(output, 'log.txt'), 'saved', process)
+    time.sleep(rng().uniform(0.0, 1.5))  # somewhere in epoch 2 (about 1.5 s on 2 cores)
+    kill_group(process)
+    done = utils.list_checkpoints(output)
+    print('killed with', [os.path.basename(path) for path in done])
+    assert done and len(done) < EPOCHS
+    code, out, err = finish(start(train_args(demo_path, output, resume=True)))
+    assert code == 0, (out + err)[-3000:]
+    assert f'resumed from {done[-1]}' in out
+    assert_same_run(straight['1'], output)
+
+
+def test_two_process_job_killed_then_resumed_equals_a_straight_run(demo_path, straight, tmp_path):
+    output = str(tmp_path)
+    process = start(train_args(demo_path, output, nprocs=2))
+    wait_for(os.path.join(output, 'log.txt'), 'saved', process)
+    wait_for(os.path.join(output, 'log_rank1.txt'), f'Epoch 2/{EPOCHS} [2/', process)
+    kill_group(process)  # the launcher and both ranks, in the middle of epoch 2
+    done = utils.list_checkpoints(output)
+    assert [os.path.basename(path) for path in done] == ['checkpoint-0001.pdparams']
+    code, out, err = finish(start(train_args(demo_path, output, nprocs=2, resume=True)))
+    assert code == 0, (out + err)[-3000:]
+    assert_same_run(straight['2'], output)
+
+
+def test_a_rank_failing_on_its_own_input_ends_the_job_with_its_message(demo_path, straight, tmp_path):
+    """Rank 1's first training batch holds an unreadable image that rank 0 never loads in epoch 1: rank 1 stops
+    with a DatasetError while rank 0 waits in the gradient all-reduce. The job must end at once, not hang."""
+    data = tmp_path / 'data'
+    data.mkdir()
+    for split in ('train', 'val'):
+        os.symlink(os.path.join(demo_path, split), data / split)
+    shutil.copy(os.path.join(demo_path, LIST_FILES[False]), data)
+    lines = open(os.path.join(demo_path, LIST_FILES[True]), encoding='utf-8').read().splitlines()
+    # TrainBatchSampler's epoch-0 permutation (seed 0) deals order[0], order[2], ... to rank 0, order[1] to rank 1
+    victim = int(np.random.RandomState(0).permutation(len(lines))[1])
+    lines[victim] = f'broken.JPEG {lines[victim].split()[-1]}'
+    (data / 'broken.JPEG').write_bytes(b'\xff\xd8\xff\xe0' + b'\0' * 64)
+    (data / LIST_FILES[True]).write_text('\n'.join(lines) + '\n')
+    began = time.time()
+    code, out, err = finish(start(['main_multi_gpu.py', '-nprocs', '2', '-cfg', TINY, '-data_path', str(data),
+                                   '-output', str(tmp_path / 'out'), '-opts', 'TRAIN.NUM_EPOCHS', '50']), timeout=120)
+    took = time.time() - began
+    print(f'ended after {took:.1f} s with code {code}:\n{err[-2000:]}')
+    assert code == 2
+    assert 'broken.JPEG: cannot read image' in err and 'a rank failed, the job was stopped' in err
+    assert 'Epoch 1/50' not in open(tmp_path / 'out' / 'log.txt', encoding='utf-8').read()
+    assert took < 60
