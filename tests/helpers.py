@@ -1,9 +1,17 @@
 """Small models and random BN statistics shared by the tests."""
 
+import os
+import signal
+import subprocess
+import sys
+
 import numpy as np
 import paddle
+import pytest
 
 from config import get_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TINY_MODEL = """DATA:
   IMAGE_SIZE: 32
@@ -57,3 +65,31 @@ def relative_error(output, reference):
     """Largest absolute difference, relative to the largest magnitude of the reference."""
     output, reference = np.asarray(output), np.asarray(reference)
     return float(np.abs(output - reference).max() / np.abs(reference).max())
+
+
+def start_process(args, threads='1'):
+    """Start `python ARGS` in the repository root, in its own process group (so a timeout can kill all of it)."""
+    return subprocess.Popen([sys.executable] + args, cwd=ROOT, env={**os.environ, 'OMP_NUM_THREADS': threads},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def finish_process(process, timeout=180):
+    """(exit code, stdout, stderr) of a started process; the test fails if it does not end in `timeout` s."""
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        out, err = process.communicate()
+        pytest.fail(f'{process.args} did not finish in {timeout}s:\n{(out + err)[-3000:]}')
+    return process.returncode, out, err
+
+
+def flatten_state(state, prefix=''):
+    """A nested checkpoint dict as one {'a/b/c': value} dict, to compare two checkpoints key by key."""
+    flat = {}
+    for key, value in state.items():
+        if isinstance(value, dict):
+            flat.update(flatten_state(value, f'{prefix}{key}/'))
+        else:
+            flat[prefix + key] = value
+    return flat

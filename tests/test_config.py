@@ -1,6 +1,5 @@
 """config.py: defaults, yaml files, BASE inheritance, flags, -opts and validation errors."""
 
-import argparse
 import glob
 import os
 

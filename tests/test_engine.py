@@ -20,6 +20,7 @@ import pytest
 
 import engine
 from config import get_config
+from helpers import flatten_state
 from repmlp import build_repmlp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -138,16 +139,6 @@ def test_training_lowers_the_loss_and_learns(trained):
     assert os.path.isfile(os.path.join(trained, 'config.yaml')) and os.path.isfile(os.path.join(trained, 'log.txt'))
 
 
-def flatten(state, prefix=''):
-    flat = {}
-    for key, value in state.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f'{prefix}{key}/'))
-        else:
-            flat[prefix + key] = value
-    return flat
-
-
 def test_resume_gives_the_same_result_as_not_stopping(trained, demo_path, tmp_path):
     """Continue from the checkpoint of epoch N-1 of the straight run; epoch N must come out identical."""
     resumed = str(tmp_path)
@@ -157,8 +148,8 @@ def test_resume_gives_the_same_result_as_not_stopping(trained, demo_path, tmp_pa
         'KEEP_LAST', '2'), threads='2')
     assert code == 0, log[-3000:]
     assert f'after epoch {EPOCHS - 1}' in log
-    straight = flatten(paddle.load(os.path.join(trained, f'checkpoint-{EPOCHS:04d}.pdparams')))
-    again = flatten(paddle.load(os.path.join(resumed, f'checkpoint-{EPOCHS:04d}.pdparams')))
+    straight = flatten_state(paddle.load(os.path.join(trained, f'checkpoint-{EPOCHS:04d}.pdparams')))
+    again = flatten_state(paddle.load(os.path.join(resumed, f'checkpoint-{EPOCHS:04d}.pdparams')))
     assert straight.keys() == again.keys()
     assert any(key.startswith('optimizer/') for key in straight) and any(key.startswith('ema/') for key in straight)
     for key in set(straight) - {'config'}:  # the configs differ in SAVE and RESUME only

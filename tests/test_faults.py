@@ -9,10 +9,6 @@ The interruption cases (SIGKILL) are in test_faults_slow.py.
 
 import errno
 import os
-import shutil
-import signal
-import subprocess
-import sys
 
 import numpy as np
 import paddle
@@ -22,30 +18,12 @@ from PIL import Image
 import engine
 import utils
 from datasets import DatasetError, FaultAwareDataLoader, ImageNet2012Dataset, collate_uint8
-from helpers import tiny_config
+from helpers import finish_process, start_process, tiny_config
 from repmlp import build_repmlp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, 'tests', 'configs', 'tiny_demo.yaml')
 FIXTURES = os.path.join(ROOT, 'tests', 'fixtures')
-
-
-def start(script, args, threads='1'):
-    """Start `script` with `args` in its own process group (so a timeout can kill all of it)."""
-    return subprocess.Popen([sys.executable, os.path.join(ROOT, script)] + args, cwd=ROOT,
-                            env={**os.environ, 'OMP_NUM_THREADS': threads}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-
-
-def finish(process, timeout=120):
-    """(exit code, stdout, stderr) of a started process; the test fails if it does not end in `timeout` s."""
-    try:
-        out, err = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        out, err = process.communicate()
-        pytest.fail(f'{process.args} did not finish in {timeout}s:\n{(out + err)[-3000:]}')
-    return process.returncode, out, err
 
 
 def error_lines(stderr):
@@ -176,7 +154,7 @@ def test_a_bad_image_in_a_worker_gives_one_error_line_from_the_entry_point(tmp_p
     write_list(tmp_path, ''.join(lines), name='val_list.txt')
     args = ['-cfg', TINY, '-dataset', 'imagenet2012', '-data_path', str(tmp_path), '-output', str(tmp_path / 'out'),
             '-batch_size', '18', '-opts', 'DATA.NUM_WORKERS', '2', 'TRAIN.NUM_EPOCHS', '1']
-    code, _, err = finish(start('main_single_gpu.py', args))
+    code, _, err = finish_process(start_process(['main_single_gpu.py'] + args))
     line = assert_one_error_line(code, err, '2_1.JPEG: cannot read image', 'DATA.SKIP_BAD_IMAGES')
     assert 'while loading a batch' in line
 
@@ -199,16 +177,16 @@ def test_bad_configs_give_one_line_naming_key_or_file_and_exit_code_2(tmp_path):
     for name, (text, _) in CONFIG_CASES.items():
         path = tmp_path / f'{name}.yaml'
         path.write_text(f'BASE: ["{TINY}"]\n' + text if name != 'missing_base' else text)
-        processes[name] = start('main_single_gpu.py', ['-cfg', str(path), '-data_path', str(tmp_path / 'demo'),
+        processes[name] = start_process(['main_single_gpu.py', '-cfg', str(path), '-data_path', str(tmp_path / 'demo'),
                                                        '-output', str(tmp_path / name)])
     for name, process in processes.items():
-        code, _, err = finish(process)
+        code, _, err = finish_process(process)
         line = assert_one_error_line(code, err, *CONFIG_CASES[name][1])
         assert f'{name}.yaml' in line or name == 'partitions', line
 
 
 def test_a_config_file_that_does_not_exist(tmp_path):
-    code, _, err = finish(start('main_single_gpu.py', ['-cfg', str(tmp_path / 'nope.yaml')]))
+    code, _, err = finish_process(start_process(['main_single_gpu.py', '-cfg', str(tmp_path / 'nope.yaml')]))
     assert_one_error_line(code, err, 'config file not found', 'nope.yaml')
 
 
@@ -266,11 +244,12 @@ def test_a_pytorch_file_names_the_converter(flag, tmp_path):
 
 def test_a_pytorch_file_from_the_command_line(tmp_path):
     torch_file = os.path.join(FIXTURES, 'official_small_train.pth')
-    processes = [start('main_single_gpu.py', ['-cfg', TINY, flag, torch_file, '-data_path', str(tmp_path / 'demo'),
-                                              '-output', str(tmp_path / flag), '-opts', 'TRAIN.NUM_EPOCHS', '1'])
+    processes = [start_process(['main_single_gpu.py', '-cfg', TINY, flag, torch_file,
+                                '-data_path', str(tmp_path / 'demo'), '-output', str(tmp_path / flag),
+                                '-opts', 'TRAIN.NUM_EPOCHS', '1'])
                  for flag in ('-pretrained', '-resume')]
     for process in processes:
-        code, _, err = finish(process)
+        code, _, err = finish_process(process)
         assert_one_error_line(code, err, 'official_small_train.pth is a PyTorch checkpoint',
                               'tools/convert_torch_weights.py')
 
@@ -402,8 +381,8 @@ def test_a_fresh_run_into_a_folder_with_checkpoints_is_refused(tmp_path):
     run: nothing may be lost silently, so the user chooses."""
     output = tmp_path / 'out'
     utils.save_checkpoint(str(output), 3, **fake_state(5))
-    code, _, err = finish(start('main_single_gpu.py', ['-cfg', TINY, '-data_path', str(tmp_path / 'demo'),
-                                                       '-output', str(output)]))
+    code, _, err = finish_process(start_process(['main_single_gpu.py', '-cfg', TINY,
+                                                 '-data_path', str(tmp_path / 'demo'), '-output', str(output)]))
     assert_one_error_line(code, err, 'already holds the checkpoints of a run', 'checkpoint-0005.pdparams',
                           '-resume auto')
 

@@ -9,8 +9,6 @@ import os
 import random
 import shutil
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -19,6 +17,7 @@ import pytest
 
 import utils
 from datasets import LIST_FILES
+from helpers import finish_process, flatten_state, start_process
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, 'tests', 'configs', 'tiny_demo.yaml')
@@ -31,21 +30,6 @@ def rng():
     seed = int(os.environ.get('FAULTS_SEED', random.randrange(10 ** 6)))
     print('FAULTS_SEED', seed)
     return random.Random(seed)
-
-
-def start(args, threads='1'):
-    return subprocess.Popen([sys.executable] + args, cwd=ROOT, env={**os.environ, 'OMP_NUM_THREADS': threads},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-
-
-def finish(process, timeout=180):
-    try:
-        out, err = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        out, err = process.communicate()
-        pytest.fail(f'{process.args} did not finish in {timeout}s:\n{(out + err)[-3000:]}')
-    return process.returncode, out, err
 
 
 def kill_group(process):
@@ -70,21 +54,11 @@ def train_args(data_path, output, nprocs=None, resume=False):
         'TRAIN.MODEL_EMA', 'True', 'TRAIN.MODEL_EMA_DECAY', '0.9', 'REPORT_FREQ', '2']
 
 
-def flatten(state, prefix=''):
-    flat = {}
-    for key, value in state.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f'{prefix}{key}/'))
-        else:
-            flat[prefix + key] = value
-    return flat
-
-
 def assert_same_run(straight, resumed):
     """Final checkpoints (weights, optimizer, EMA, schedule, best) and last epoch's metrics exactly equal."""
     name = f'checkpoint-{EPOCHS:04d}.pdparams'
-    a = flatten(paddle.load(os.path.join(straight, name)))
-    b = flatten(paddle.load(os.path.join(resumed, name)))
+    a = flatten_state(paddle.load(os.path.join(straight, name)))
+    b = flatten_state(paddle.load(os.path.join(resumed, name)))
     assert a.keys() == b.keys()
     for key in set(a) - {'config'}:  # the configs differ in SAVE and RESUME only
         if isinstance(a[key], paddle.Tensor):
@@ -110,10 +84,10 @@ def demo_path(tmp_path_factory):
 def straight(demo_path, tmp_path_factory):
     """One uninterrupted single-process run, and one 2-process run, started together: {'1': out, '2': out}."""
     outputs = {n: str(tmp_path_factory.mktemp(f'straight{n}')) for n in ('1', '2')}
-    first = start(train_args(demo_path, outputs['1']))
-    code, out, err = finish(first)  # writes the demo data before the two ranks both need it
+    first = start_process(train_args(demo_path, outputs['1']))
+    code, out, err = finish_process(first)  # writes the demo data before the two ranks both need it
     assert code == 0, (out + err)[-3000:]
-    code, out, err = finish(start(train_args(demo_path, outputs['2'], nprocs=2)))
+    code, out, err = finish_process(start_process(train_args(demo_path, outputs['2'], nprocs=2)))
     assert code == 0, (out + err)[-3000:]
     return outputs
 
@@ -139,7 +113,7 @@ def test_sigkill_while_writing_checkpoints_leaves_only_complete_ones(tmp_path):
     random_ = rng()
     folder = str(tmp_path)
     for attempt in range(3):
-        process = start(['-c', SAVER.format(root=ROOT, folder=folder, size=10_000_000)])
+        process = start_process(['-c', SAVER.format(root=ROOT, folder=folder, size=10_000_000)])
         for _ in range(random_.randint(2, 4)):
             assert process.stdout.readline().startswith('writing'), process.stderr.read()
         time.sleep(random_.uniform(0.0, 0.3))
@@ -157,14 +131,14 @@ def test_sigkill_while_writing_checkpoints_leaves_only_complete_ones(tmp_path):
 
 def test_sigkill_at_a_random_point_then_resume_auto_equals_a_straight_run(demo_path, straight, tmp_path):
     output = str(tmp_path)
-    process = start(train_args(demo_path, output))
+    process = start_process(train_args(demo_path, output))
     wait_for(os.path.join(output, 'log.txt'), 'saved', process)
     time.sleep(rng().uniform(0.0, 1.5))  # somewhere in epoch 2 (about 1.5 s on 2 cores)
     kill_group(process)
     done = utils.list_checkpoints(output)
     print('killed with', [os.path.basename(path) for path in done])
     assert done and len(done) < EPOCHS
-    code, out, err = finish(start(train_args(demo_path, output, resume=True)))
+    code, out, err = finish_process(start_process(train_args(demo_path, output, resume=True)))
     assert code == 0, (out + err)[-3000:]
     assert f'resumed from {done[-1]}' in out
     assert_same_run(straight['1'], output)
@@ -172,13 +146,13 @@ def test_sigkill_at_a_random_point_then_resume_auto_equals_a_straight_run(demo_p
 
 def test_two_process_job_killed_then_resumed_equals_a_straight_run(demo_path, straight, tmp_path):
     output = str(tmp_path)
-    process = start(train_args(demo_path, output, nprocs=2))
+    process = start_process(train_args(demo_path, output, nprocs=2))
     wait_for(os.path.join(output, 'log.txt'), 'saved', process)
     wait_for(os.path.join(output, 'log_rank1.txt'), f'Epoch 2/{EPOCHS} [2/', process)
     kill_group(process)  # the launcher and both ranks, in the middle of epoch 2
     done = utils.list_checkpoints(output)
     assert [os.path.basename(path) for path in done] == ['checkpoint-0001.pdparams']
-    code, out, err = finish(start(train_args(demo_path, output, nprocs=2, resume=True)))
+    code, out, err = finish_process(start_process(train_args(demo_path, output, nprocs=2, resume=True)))
     assert code == 0, (out + err)[-3000:]
     assert_same_run(straight['2'], output)
 
@@ -198,8 +172,9 @@ def test_a_rank_failing_on_its_own_input_ends_the_job_with_its_message(demo_path
     (data / 'broken.JPEG').write_bytes(b'\xff\xd8\xff\xe0' + b'\0' * 64)
     (data / LIST_FILES[True]).write_text('\n'.join(lines) + '\n')
     began = time.time()
-    code, out, err = finish(start(['main_multi_gpu.py', '-nprocs', '2', '-cfg', TINY, '-data_path', str(data),
-                                   '-output', str(tmp_path / 'out'), '-opts', 'TRAIN.NUM_EPOCHS', '50']), timeout=120)
+    code, out, err = finish_process(start_process(
+        ['main_multi_gpu.py', '-nprocs', '2', '-cfg', TINY, '-data_path', str(data), '-output', str(tmp_path / 'out'),
+         '-opts', 'TRAIN.NUM_EPOCHS', '50']), timeout=120)
     took = time.time() - began
     print(f'ended after {took:.1f} s with code {code}:\n{err[-2000:]}')
     assert code == 2

@@ -172,7 +172,7 @@ def draw_hierarchy(canvas, config, stages, top):
                  f'share-sets S = {stage["sets"]}')
         canvas.text((cx, y0 + 118), lines, size=14)
         if i < len(stages) - 1:
-            place(82, f'embed\n2x2 conv\nstride 2\nBN\nReLU', CONV, size=13)
+            place(82, 'embed\n2x2 conv\nstride 2\nBN\nReLU', CONV, size=13)
     place(widths[-1], f'head\nBN\nglobal\navg pool\nFC -> {model.NUM_CLASSES}', HEAD, size=14)
 
     # what one unit is

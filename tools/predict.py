@@ -7,8 +7,8 @@ Images are prepared exactly as in evaluation (transforms.build_transform(config,
 transforms.normalize). With `-model_dir` (written by tools/export.py) the config is the `config.yaml` saved
 there. Class names come from a `classes.txt` (one name per line, in label order) in the export folder or in
 DATA.DATA_PATH; otherwise the demo data's shapes, or for 1000 classes tools/imagenet_synsets.txt (ImageNet's
-standard order); otherwise they are `class N`. A missing file, a file that is not an image, or weights that do not match the
-config is one line and exit code 2.
+standard order); otherwise they are `class N`. A missing file, a file that is not an image, or weights that do
+not match the config is one line and exit code 2.
 """
 
 import json
