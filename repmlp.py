@@ -48,6 +48,22 @@ def bn_scale_shift(bn, dtype='float64'):
     return scale, shift
 
 
+def per_channel(x, scale=None, shift=None):
+    """x * scale + shift with one value per channel of x [N, C, H, W] (either may be None).
+
+    Computed on the view [N, C, H*W] with [C, 1] operands: Paddle's CPU kernels broadcast a [1, C, 1, 1] operand
+    over [N, C, H, W] about 18x slower (15 ms against 0.8 ms for a batch of 8 stage-1 maps of B224), which made
+    a conv with a bias slower than the same conv followed by a BN. Works with a dynamic batch size when traced.
+    """
+    channels, height, width = x.shape[1:]
+    out = x.reshape([-1, channels, height * width])  # [N, C, H, W] -> [N, C, H*W]
+    if scale is not None:
+        out = out * scale.reshape([channels, 1])
+    if shift is not None:
+        out = out + shift.reshape([channels, 1])
+    return out.reshape([-1, channels, height, width])
+
+
 class ChannelAffine(nn.Layer):
     """y = x * weight + bias per channel of [N, C, H, W]: an eval-mode BN that no neighbouring layer can absorb."""
 
@@ -57,7 +73,15 @@ class ChannelAffine(nn.Layer):
         self.bias = self.create_parameter([channels], is_bias=True)
 
     def forward(self, x):
-        return x * self.weight.reshape([1, -1, 1, 1]) + self.bias.reshape([1, -1, 1, 1])
+        return per_channel(x, self.weight, self.bias)
+
+
+class BiasedConv2D(nn.Conv2D):
+    """A Conv2D (zero padding) whose bias is added by `per_channel`: the form of a conv with a BN folded in."""
+
+    def forward(self, x):
+        out = F.conv2d(x, self.weight, None, self._stride, self._padding, self._dilation, self._groups)
+        return per_channel(out, shift=self.bias)
 
 
 @paddle.no_grad()
@@ -75,8 +99,8 @@ def fuse_conv_bn(block):
     """In place: the `conv` of a `conv_bn` Sequential takes its `bn` in as a bias; the `bn` is removed."""
     conv, bn = block.conv, block.bn
     scale, shift = bn_scale_shift(bn)
-    fused = nn.Conv2D(conv._in_channels, conv._out_channels, conv._kernel_size, stride=conv._stride,
-                      padding=conv._padding, dilation=conv._dilation, groups=conv._groups)
+    fused = BiasedConv2D(conv._in_channels, conv._out_channels, conv._kernel_size, stride=conv._stride,
+                         padding=conv._padding, dilation=conv._dilation, groups=conv._groups)
     fused.weight.set_value((conv.weight.astype('float64') * scale.reshape([-1, 1, 1, 1])).astype(conv.weight.dtype))
     conv_bias = conv.bias.astype('float64') * scale if conv.bias is not None else 0.0
     fused.bias.set_value((shift + conv_bias).astype(conv.weight.dtype))
