@@ -264,9 +264,6 @@ def is_deploy_form(shapes):
     return None
 
 
-_is_deploy_form = is_deploy_form  # the earlier private name
-
-
 def load_weights(model, path):
     """Load the weights file at `path` into `model`, strictly: every key and shape must match."""
     state = read_state_dict(path)
