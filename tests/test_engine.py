@@ -20,7 +20,7 @@ import pytest
 
 import engine
 from config import get_config
-from helpers import flatten_state
+from helpers import finish_process, flatten_state, start_process
 from repmlp import build_repmlp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,16 +31,8 @@ CHANCE = 1 / 6  # the demo data has six classes
 
 def run(script, args, timeout=240, threads='1'):
     """Run `script` with `args`; returns (exit code, stdout + stderr). Kills its process group on timeout."""
-    env = {**os.environ, 'OMP_NUM_THREADS': threads}
-    process = subprocess.Popen([sys.executable, os.path.join(ROOT, script)] + args, cwd=ROOT, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        output, _ = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        output, _ = process.communicate()
-        pytest.fail(f'{script} {" ".join(args)} did not finish in {timeout}s:\n{output[-3000:]}')
-    return process.returncode, output
+    code, out, err = finish_process(start_process([os.path.join(ROOT, script)] + args, threads), timeout)
+    return code, out + err
 
 
 def train_args(data_path, output, *opts):

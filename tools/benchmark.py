@@ -286,7 +286,7 @@ def bench_train(args):
 
 def bench_infer(args):
     """The `infer` subcommand: images/s and fraction of the matmul peak of the three inference forms."""
-    from export import MODEL_PREFIX, create_predictor, predictor_run
+    from export import create_predictor, predictor_run, save_inference_model
     from repmlp import fold_batchnorms
 
     print(machine_info())
@@ -306,9 +306,7 @@ def bench_infer(args):
         exported = engine.build_repmlp(config)
         exported.set_state_dict(training.state_dict())
         fold_batchnorms(exported)
-        spec = [paddle.static.InputSpec([None, 3, size, size], 'float32', 'image')]
-        paddle.jit.save(paddle.jit.to_static(exported, input_spec=spec, full_graph=True),
-                        os.path.join(folder, MODEL_PREFIX))
+        save_inference_model(exported, size, folder)
         del exported
         predictor = create_predictor(folder)
         print(f'{"form":<36}{"batch":>6}{"images/s":>10}{"ms/batch":>10}{"of peak":>9}')

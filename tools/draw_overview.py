@@ -257,7 +257,8 @@ def draw_block(canvas, config, stage, top, bottom):
     canvas.text((x0, top + 14), '(3) deploy form', size=20, bold=True, anchor='la')
     canvas.block_arrow(x0, yc - 34, x0 + 190, yc + 34)
     canvas.text((x0 + 85, yc), 'locality_injection()', size=14, bold=True)
-    canvas.text((x0 + 95, yc + 70), 'folds the BNs and the\nconv kernels into fc3\n(exact): no conv\nbranches, no fc3 BN',
+    canvas.text((x0 + 95, yc + 70),
+                'folds the BNs and the\nconv kernels into fc3\n(exact): no conv\nbranches, no fc3 BN',
                 size=13, fill=MUTED)
     cx, bw = (x0 + 220 + WIDTH - 24) / 2, (WIDTH - 24 - x0 - 220) / 2
     y = top + 60

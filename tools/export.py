@@ -26,7 +26,7 @@ import runtime  # noqa: E402,F401  (before paddle: CPU threads and MKL path)
 import paddle  # noqa: E402
 
 from config import UserError, build_arg_parser, get_config, update_config  # noqa: E402
-from datasets import DEFAULT_DEMO_PATH  # noqa: E402
+from datasets import CLASS_NAMES_FILE, DEFAULT_DEMO_PATH  # noqa: E402
 from repmlp import fold_batchnorms  # noqa: E402
 from reparam import check_close, load_model, random_images, run_model  # noqa: E402
 from utils import run_cli  # noqa: E402
@@ -52,6 +52,12 @@ def data_folder(config):
     if not config.DATA.DATA_PATH and config.DATA.DATASET == 'demo':
         return DEFAULT_DEMO_PATH
     return config.DATA.DATA_PATH
+
+
+def save_inference_model(model, image_size, folder):
+    """paddle.jit.save the (folded) `model` into `folder` as MODEL_PREFIX, for any batch of image_size inputs."""
+    spec = [paddle.static.InputSpec([None, 3, image_size, image_size], 'float32', 'image')]
+    paddle.jit.save(paddle.jit.to_static(model, input_spec=spec, full_graph=True), os.path.join(folder, MODEL_PREFIX))
 
 
 def inference_threads():
@@ -116,9 +122,7 @@ def export(config, weights, output_dir, onnx=False, log=print):
     os.makedirs(output_dir, exist_ok=True)
     staging = tempfile.mkdtemp(prefix='.export-', dir=output_dir)
     try:
-        spec = [paddle.static.InputSpec([None, 3, size, size], 'float32', 'image')]
-        paddle.jit.save(paddle.jit.to_static(model, input_spec=spec, full_graph=True),
-                        os.path.join(staging, MODEL_PREFIX))
+        save_inference_model(model, size, staging)
         predictor = create_predictor(staging)
         check('Paddle Inference predictor', [predictor_run(predictor, batch) for batch in batches])
         if onnx:
@@ -137,9 +141,9 @@ def export(config, weights, output_dir, onnx=False, log=print):
             check('ONNX Runtime', [session.run(None, {name: batch})[0] for batch in batches])
         with open(os.path.join(staging, 'config.yaml'), 'w', encoding='utf-8') as file:
             file.write(config.dump())
-        classes = os.path.join(data_folder(config), 'classes.txt')
+        classes = os.path.join(data_folder(config), CLASS_NAMES_FILE)
         if data_folder(config) and os.path.isfile(classes):
-            shutil.copyfile(classes, os.path.join(staging, 'classes.txt'))
+            shutil.copyfile(classes, os.path.join(staging, CLASS_NAMES_FILE))
         for name in sorted(os.listdir(staging)):
             os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
             log(f'wrote {os.path.join(output_dir, name)}')

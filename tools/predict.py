@@ -26,7 +26,7 @@ import paddle  # noqa: E402
 
 import transforms  # noqa: E402
 from config import UserError, build_arg_parser, get_config, update_config  # noqa: E402
-from datasets import DEMO_CLASSES, load_rgb  # noqa: E402
+from datasets import CLASS_NAMES_FILE, DEMO_CLASSES, load_rgb, read_class_names  # noqa: E402
 from export import create_predictor, data_folder, predictor_run  # noqa: E402
 from reparam import load_model  # noqa: E402
 from utils import run_cli  # noqa: E402
@@ -43,22 +43,17 @@ def imagenet_class_names():
     return [names.split(',')[0].strip() for _, names in rows]
 
 
-def read_class_names(path, num_classes):
-    """The names in a classes.txt (one per line, in label order); UserError unless there are `num_classes`."""
-    with open(path, encoding='utf-8') as file:
-        names = [line.strip() for line in file if line.strip()]
-    if len(names) != num_classes:
-        raise UserError(f'{path} names {len(names)} classes but the model has MODEL.NUM_CLASSES={num_classes}')
-    return names
-
-
 def class_names(config, folders):
     """Names of the model's classes: classes.txt in the first of `folders` that has one, else ImageNet's
     (1000 classes), else 'class N'."""
     num_classes = config.MODEL.NUM_CLASSES
     for folder in folders:
-        if folder and os.path.isfile(os.path.join(folder, 'classes.txt')):
-            return read_class_names(os.path.join(folder, 'classes.txt'), num_classes)
+        names = read_class_names(folder) if folder else None
+        if names is not None:
+            if len(names) != num_classes:
+                raise UserError(f'{os.path.join(folder, CLASS_NAMES_FILE)} names {len(names)} classes but the model '
+                                f'has MODEL.NUM_CLASSES={num_classes}')
+            return names
     if config.DATA.DATASET == 'demo' and num_classes == len(DEMO_CLASSES):
         return list(DEMO_CLASSES)
     if num_classes == 1000:
