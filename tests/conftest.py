@@ -5,6 +5,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, 'tools'))  # the command-line programs, imported by their tests
 import runtime  # noqa: E402,F401  (before paddle, as the entry points do)
 
 

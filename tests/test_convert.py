@@ -17,7 +17,6 @@ from utils import CheckpointError, load_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, 'tests', 'fixtures')
-sys.path.insert(0, os.path.join(ROOT, 'tools'))
 from convert_torch_weights import read_torch_checkpoint  # noqa: E402
 
 

@@ -3,7 +3,6 @@ loader's contract, the demo data, tools/make_list_files.py and tools/check_datas
 
 import filecmp
 import os
-import sys
 
 import numpy as np
 import paddle
@@ -13,12 +12,8 @@ from PIL import Image
 import datasets
 from config import get_config
 from datasets import DatasetError, EvalBatchSampler, TrainBatchSampler
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, 'tools'))
-
-import check_dataset  # noqa: E402
-import make_list_files  # noqa: E402
+import check_dataset
+import make_list_files
 
 
 def make_config(data_path, dataset='imagenet2012', **data):

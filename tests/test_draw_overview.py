@@ -10,7 +10,6 @@ import pytest
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, 'tools'))
 from draw_overview import HEIGHT, WIDTH, render_info  # noqa: E402
 
 COMMITTED = os.path.join(ROOT, 'docs', 'repmlpnet_overview.png')

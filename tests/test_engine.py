@@ -243,3 +243,20 @@ def test_a_dead_rank_ends_the_job_with_an_error(demo_path, tmp_path):
         pytest.fail('the job hung after a rank died')
     assert process.returncode != 0
     assert 'a rank failed, the job was stopped' in errors and 'SIGKILL' in errors
+
+
+def test_benchmark_train_times_both_fc3_forms(capsys):
+    """tools/benchmark.py train: one row per fc3 form, each with its rate, peak, fraction and memory."""
+    import benchmark
+    from model_info import count_macs
+    assert benchmark.main(['train', '-cfg', TINY, '-batch_size', '4', '-repeats', '1']) == 0
+    out = capsys.readouterr().out
+    assert 'cores' in out.splitlines()[0] and 'matmul (the peak)' in out
+    config = get_config(TINY)
+    step_flops = 2 * 3 * count_macs(build_repmlp(config), config.DATA.IMAGE_SIZE)
+    for form in ('batched matmul (ours)', 'grouped 1x1 conv'):
+        row = next(line for line in out.splitlines() if line.startswith(form))
+        rate, peak, fraction, rss = map(float, row[len(form):].replace('%', '').split()[1:])  # after AMP
+        assert rate > 0 and peak > 0 and rss > 0
+        # one timed step: its fraction is its rate against the peak timed just before it
+        assert fraction == pytest.approx(100 * rate * step_flops / 1e9 / peak, rel=0.01, abs=0.06)

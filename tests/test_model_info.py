@@ -1,14 +1,12 @@
 """tools/model_info.py against the official README's figures (parameters and FLOPs, which are MACs there)."""
 
 import os
-import sys
 
 import pytest
 
 from config import get_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, 'tools'))
 from model_info import describe  # noqa: E402
 
 

@@ -13,7 +13,6 @@ from helpers import randomize_batchnorms, tiny_config
 from repmlp import build_repmlp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, 'tools'))
 from export import export  # noqa: E402
 from predict import imagenet_class_names  # noqa: E402
 

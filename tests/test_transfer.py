@@ -18,7 +18,6 @@ from helpers import randomize_batchnorms, relative_error, tiny_config
 from repmlp import build_repmlp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, 'tools'))
 import make_list_files  # noqa: E402
 import make_shapes_dataset  # noqa: E402
 

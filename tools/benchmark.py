@@ -13,14 +13,15 @@ transfer of the batches to the main process).
 
 `train`: one full optimizer step (normalise, Mixup/CutMix, forward, loss, backward, AdamW) through the
 training loop of engine.py, in images/s and as a fraction of the machine's float32 matrix-multiply peak
-(a 2048^3 matmul timed in the same run), counting a step as 3x the forward MACs. Each variant runs in a fresh
+(a 2048^3 matmul timed before each step, so that both see the same load of a shared machine; the median of the
+per-step ratios), counting a step as 3x the forward MACs (the backward as two products). Each variant runs in a fresh
 process so that its peak resident memory is its own; the baseline is the same step with fc3 computed as the
 official grouped 1x1 convolution. AMP is timed too where Paddle supports it (a GPU).
 
 `infer`: images/s of inference (random weights, random images) in the three forms a model goes through: the
 training-time model in eval mode (which applies its fused FC), the deploy form (locality injected, dygraph),
 and the export of tools/export.py (every BN folded, a static program run by the Paddle Inference predictor),
-with the fraction of the matmul peak measured in the same run (MACs of the deploy form x 2 FLOPs).
+with the fraction of the matmul peak timed before each batch as for `train` (MACs of the deploy form x 2 FLOPs).
 """
 
 import argparse
@@ -202,24 +203,41 @@ def bench_data(args):
                 print(f'{name:<10}{label:<22}{base:>16.1f}{mine:>12.1f}{mine / base:>7.2f}x', flush=True)
 
 
-def matmul_peak_gflops(size=2048, repeats=7):
-    """float32 GFLOP/s of a size^3 matmul through Paddle, median after a warm-up: this machine's practical peak."""
-    a, b = paddle.randn([size, size]), paddle.randn([size, size])
-    with paddle.no_grad():
-        seconds = median_seconds(lambda: paddle.matmul(a, b).numpy(), warmup=2, repeats=repeats)
-    return 2 * size ** 3 / seconds / 1e9
+PEAK_SIZE = 2048  # the matmul that measures the machine's practical float32 peak: PEAK_SIZE^3
 
 
-def median_seconds(run, warmup, repeats):
-    """Median wall time of `run()` over `repeats` calls after `warmup` untimed ones."""
+def on_gpu():
+    """Whether Paddle runs on a GPU here."""
+    return paddle.device.cuda.device_count() > 0
+
+
+def seconds_of(run):
+    """Wall time of one `run()`, waiting for the GPU's queued work where there is one."""
+    start = time.perf_counter()
+    run()
+    if on_gpu():
+        paddle.device.synchronize()
+    return time.perf_counter() - start
+
+
+def time_against_peak(run, flops, warmup, repeats):
+    """(median seconds of `run()`, median matmul peak in GFLOP/s, median fraction of that peak reached by `run`,
+    which does `flops` float operations).
+
+    Each timed call follows a timed PEAK_SIZE^3 float32 matmul and its fraction is taken against that peak: on a
+    shared machine both then see the same load, which a peak measured once before all the runs does not.
+    """
+    a, b = paddle.randn([PEAK_SIZE, PEAK_SIZE]), paddle.randn([PEAK_SIZE, PEAK_SIZE])
+    product = lambda: paddle.matmul(a, b)  # noqa: E731
     for _ in range(warmup):
-        run()
-    times = []
+        seconds_of(product)
+        seconds_of(run)
+    peaks, seconds = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        peaks.append(2 * PEAK_SIZE ** 3 / seconds_of(product) / 1e9)
+        seconds.append(seconds_of(run))
+    fractions = [flops / run_seconds / 1e9 / peak for run_seconds, peak in zip(seconds, peaks)]
+    return statistics.median(seconds), statistics.median(peaks), statistics.median(fractions)
 
 
 def fc3_as_grouped_conv(block, parts):
@@ -232,15 +250,15 @@ def fc3_as_grouped_conv(block, parts):
     return out + block._local_perceptron(parts) if block.reparam_conv_k else out
 
 
-def train_step_child(cfg_file, batch_size, repeats, amp, grouped_conv, results):
-    """In a fresh process: median seconds of one training step and the process's peak resident memory (MiB)."""
+def train_step_child(cfg_file, batch_size, repeats, amp, grouped_conv, step_flops, results):
+    """In a fresh process: `time_against_peak` of one training step and the process's peak resident memory (MiB)."""
     if grouped_conv:
         RepMLPBlock._training_branches = fc3_as_grouped_conv
     config = get_config(cfg_file)
     config.defrost()
     config.DATA.BATCH_SIZE, config.AMP = batch_size, amp
     config.freeze()
-    paddle.set_device('gpu' if paddle.device.cuda.device_count() > 0 else 'cpu')
+    paddle.set_device('gpu' if on_gpu() else 'cpu')
     logger = logging.getLogger('benchmark')
     logger.addHandler(logging.NullHandler())
     logger.propagate = False
@@ -248,9 +266,9 @@ def train_step_child(cfg_file, batch_size, repeats, amp, grouped_conv, results):
     size = config.DATA.IMAGE_SIZE
     images = paddle.to_tensor(np.random.default_rng(0).integers(0, 256, (batch_size, 3, size, size), np.uint8))
     labels = paddle.arange(batch_size, dtype='int64') % config.MODEL.NUM_CLASSES
-    seconds = median_seconds(lambda: engine.train_one_epoch(trainer, [(images, labels)], 0), 2, repeats)
+    timing = time_against_peak(lambda: engine.train_one_epoch(trainer, [(images, labels)], 0), step_flops, 2, repeats)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
-    results.put((seconds, peak_mib))
+    results.put((*timing, peak_mib))
 
 
 def run_in_child(target, *args):
@@ -269,18 +287,16 @@ def bench_train(args):
     print(machine_info())
     config = get_config(args.cfg)
     step_macs = 3 * count_macs(engine.build_repmlp(config), config.DATA.IMAGE_SIZE)
-    peak = matmul_peak_gflops()
-    on_gpu = paddle.device.cuda.device_count() > 0
-    print(f'{config.MODEL.NAME}, batch {args.batch_size}, median of {args.repeats} steps after 2; matmul peak '
-          f'{peak:.0f} GFLOP/s; a step counted as 3 x {step_macs / 3e9:.2f} GMACs per image')
-    print(f'{"fc3 computed as":<26}{"AMP":<6}{"images/s":>10}{"of peak":>9}{"peak RSS MiB":>14}')
-    for amp in ([False, True] if on_gpu else [False]):
+    print(f'{config.MODEL.NAME}, batch {args.batch_size}, median of {args.repeats} steps after 2, each after a '
+          f'{PEAK_SIZE}^3 matmul (the peak); a step counted as 3 x {step_macs / 3e9:.2f} GMACs per image')
+    print(f'{"fc3 computed as":<26}{"AMP":<6}{"images/s":>10}{"peak GFLOP/s":>14}{"of peak":>10}{"peak RSS MiB":>14}')
+    for amp in ([False, True] if on_gpu() else [False]):
         for label, grouped in (('batched matmul (ours)', False), ('grouped 1x1 conv', True)):
-            seconds, rss = run_in_child(train_step_child, args.cfg, args.batch_size, args.repeats, amp, grouped)
-            rate = args.batch_size / seconds
-            fraction = rate * step_macs * 2 / 1e9 / peak
-            print(f'{label:<26}{"on" if amp else "off":<6}{rate:>10.2f}{fraction:>8.0%}{rss:>14.0f}', flush=True)
-    if not on_gpu:
+            seconds, peak, fraction, rss = run_in_child(train_step_child, args.cfg, args.batch_size, args.repeats,
+                                                        amp, grouped, 2 * step_macs * args.batch_size)
+            print(f'{label:<26}{"on" if amp else "off":<6}{args.batch_size / seconds:>10.2f}{peak:>14.0f}'
+                  f'{fraction:>9.1%}{rss:>14.0f}', flush=True)
+    if not on_gpu():
         print('AMP: not timed, Paddle has no mixed precision on a CPU')
 
 
@@ -299,9 +315,8 @@ def bench_infer(args):
     deploy.set_state_dict(training.state_dict())
     deploy.locality_injection()
     macs = count_macs(deploy, size)
-    peak = matmul_peak_gflops()
-    print(f'{config.MODEL.NAME} at {size}, median of {args.repeats} batches after 2; matmul peak {peak:.0f} '
-          f'GFLOP/s; {macs / 1e9:.2f} GMACs per image (deploy form)')
+    print(f'{config.MODEL.NAME} at {size}, median of {args.repeats} batches after 2, each after a {PEAK_SIZE}^3 '
+          f'matmul (the peak); {macs / 1e9:.2f} GMACs per image (deploy form)')
     with tempfile.TemporaryDirectory() as folder:
         exported = engine.build_repmlp(config)
         exported.set_state_dict(training.state_dict())
@@ -309,7 +324,7 @@ def bench_infer(args):
         save_inference_model(exported, size, folder)
         del exported
         predictor = create_predictor(folder)
-        print(f'{"form":<36}{"batch":>6}{"images/s":>10}{"ms/batch":>10}{"of peak":>9}')
+        print(f'{"form":<36}{"batch":>6}{"images/s":>10}{"ms/batch":>10}{"peak GFLOP/s":>14}{"of peak":>10}')
         for batch in args.batch_sizes:
             images = np.random.default_rng(batch).standard_normal((batch, 3, size, size)).astype(np.float32)
             tensor = paddle.to_tensor(images)
@@ -318,14 +333,9 @@ def bench_infer(args):
                      ('exported, Paddle Inference', lambda: predictor_run(predictor, images))]
             for label, run in forms:
                 with paddle.no_grad():
-                    seconds = median_seconds(run, warmup=2, repeats=args.repeats)
-                rate = batch / seconds
-                fraction = rate * macs * 2 / 1e9 / peak
-                print(f'{label:<36}{batch:>6}{rate:>10.2f}{seconds * 1e3:>10.1f}{fraction:>8.0%}', flush=True)
-    peak_after = matmul_peak_gflops()
-    if peak_after > 1.2 * peak:
-        print(f'note: the matmul peak measured {peak_after:.0f} GFLOP/s after the runs (other processes were busy '
-              'before): the fractions above are then too high')
+                    seconds, peak, fraction = time_against_peak(run, 2 * macs * batch, 2, args.repeats)
+                print(f'{label:<36}{batch:>6}{batch / seconds:>10.2f}{seconds * 1e3:>10.1f}{peak:>14.0f}'
+                      f'{fraction:>9.1%}', flush=True)
 
 
 SUBCOMMANDS = {
