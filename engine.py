@@ -302,7 +302,8 @@ def _optimizer_step(trainer):
     trainer.scaler.step(trainer.optimizer)
     skipped = trainer.scaler.is_enable() and bool(getattr(trainer.scaler, '_cache_found_inf', False))
     trainer.scaler.update()
-    trainer.optimizer.clear_grad()
+    # release the gradients (the next backward writes new ones): zero-filling them is a pass, 5 ms a step on T224
+    trainer.optimizer.clear_grad(set_to_zero=False)
     trainer.lr_scheduler.step()
     if trainer.ema is not None:
         trainer.ema.update(trainer.raw_model)
