@@ -206,6 +206,18 @@ def conv_matrices(kernel, h, w):
     return paddle.matmul(kernel.reshape([sets, size * size]), placement).reshape([sets, h * w, h * w])
 
 
+def spatial_mean(x):
+    """The mean of each map of x [N, C, H, W] -> [N, C], as a product with a constant column.
+
+    Paddle's CPU pooling kernel is slower than this product (a batch of 8 first-stage maps of B224: forward 1.13
+    against 0.13 ms, forward + backward 2.4 against 1.3 ms).
+    """
+    channels, height, width = x.shape[1:]
+    column = paddle.full([height * width, 1], 1.0 / (height * width), dtype=x.dtype)
+    # [N, C, H, W] -> [N*C, H*W] -> [N*C, 1] -> [N, C]
+    return paddle.matmul(x.reshape([-1, height * width]), column).reshape([-1, channels])
+
+
 class GlobalPerceptron(nn.Layer):
     """Squeeze-and-excitation style channel gate: pool, fc1, ReLU, fc2, sigmoid -> [N, C, 1, 1]."""
 
@@ -215,7 +227,7 @@ class GlobalPerceptron(nn.Layer):
         self.fc2 = nn.Conv2D(hidden_channels, channels, 1)
 
     def forward(self, x):
-        x = F.adaptive_avg_pool2d(x, 1)
+        x = spatial_mean(x).unsqueeze([2, 3])  # [N, C, 1, 1]
         x = F.relu(self.fc1(x))
         return F.sigmoid(self.fc2(x))
 
@@ -488,7 +500,7 @@ class RepMLPNet(nn.Layer):
 
     def forward(self, x):
         x = self.forward_features(x, out_indices=(len(self.stages) - 1,))[0]
-        x = F.adaptive_avg_pool2d(self.head_norm(x), 1).flatten(1)  # [N, C, h, w] -> [N, C]
+        x = spatial_mean(self.head_norm(x))  # [N, C, h, w] -> [N, C]
         return self.head(x)
 
     def _check_input_size(self, height, width):
