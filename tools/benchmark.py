@@ -14,9 +14,11 @@ transfer of the batches to the main process).
 `train`: one full optimizer step (normalise, Mixup/CutMix, forward, loss, backward, AdamW) through the
 training loop of engine.py, in images/s and as a fraction of the machine's float32 matrix-multiply peak
 (a 2048^3 matmul timed before each step, so that both see the same load of a shared machine; the median of the
-per-step ratios), counting a step as 3x the forward MACs (the backward as two products). Each variant runs in a fresh
-process so that its peak resident memory is its own; the baseline is the same step with fc3 computed as the
-official grouped 1x1 convolution. AMP is timed too where Paddle supports it (a GPU).
+per-step ratios), counting a step as 3x the forward MACs (the backward as two products). Memory: the most that
+Paddle's allocator held for tensors at once (exact) and the peak resident size (which adds the C allocator's
+cache and varies by tens of MiB between runs). Each variant runs in a fresh process so that both are its own; the
+baseline is the same step with fc3 computed as the official grouped 1x1 convolution. AMP is timed too where
+Paddle supports it (a GPU).
 
 `infer`: images/s of inference (random weights, random images) in the three forms a model goes through: the
 training-time model in eval mode (which applies its fused FC), the deploy form (locality injected, dygraph),
@@ -250,8 +252,17 @@ def fc3_as_grouped_conv(block, parts):
     return out + block._local_perceptron(parts) if block.reparam_conv_k else out
 
 
+def peak_tensor_mib():
+    """The most memory Paddle's allocator has held for tensors at once in this process (MiB): on the CPU its host
+    statistic, exact and free of the C allocator's caching that the resident size includes."""
+    if on_gpu():
+        return paddle.device.cuda.max_memory_allocated() / 2 ** 20
+    return paddle.base.core.host_memory_stat_peak_value('Allocated', 0) / 2 ** 20
+
+
 def train_step_child(cfg_file, batch_size, repeats, amp, grouped_conv, step_flops, results):
-    """In a fresh process: `time_against_peak` of one training step and the process's peak resident memory (MiB)."""
+    """In a fresh process: `time_against_peak` of one training step, then the peak tensor memory and the peak
+    resident memory of the process (MiB)."""
     if grouped_conv:
         RepMLPBlock._training_branches = fc3_as_grouped_conv
     config = get_config(cfg_file)
@@ -267,8 +278,8 @@ def train_step_child(cfg_file, batch_size, repeats, amp, grouped_conv, step_flop
     images = paddle.to_tensor(np.random.default_rng(0).integers(0, 256, (batch_size, 3, size, size), np.uint8))
     labels = paddle.arange(batch_size, dtype='int64') % config.MODEL.NUM_CLASSES
     timing = time_against_peak(lambda: engine.train_one_epoch(trainer, [(images, labels)], 0), step_flops, 2, repeats)
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
-    results.put((*timing, peak_mib))
+    peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
+    results.put((*timing, peak_tensor_mib(), peak_rss_mib))
 
 
 def run_in_child(target, *args):
@@ -289,13 +300,15 @@ def bench_train(args):
     step_macs = 3 * count_macs(engine.build_repmlp(config), config.DATA.IMAGE_SIZE)
     print(f'{config.MODEL.NAME}, batch {args.batch_size}, median of {args.repeats} steps after 2, each after a '
           f'{PEAK_SIZE}^3 matmul (the peak); a step counted as 3 x {step_macs / 3e9:.2f} GMACs per image')
-    print(f'{"fc3 computed as":<26}{"AMP":<6}{"images/s":>10}{"peak GFLOP/s":>14}{"of peak":>10}{"peak RSS MiB":>14}')
+    print(f'{"fc3 computed as":<26}{"AMP":<6}{"images/s":>10}{"peak GFLOP/s":>14}{"of peak":>10}'
+          f'{"tensors MiB":>13}{"RSS MiB":>9}')
+    step_flops = 2 * step_macs * args.batch_size
     for amp in ([False, True] if on_gpu() else [False]):
         for label, grouped in (('batched matmul (ours)', False), ('grouped 1x1 conv', True)):
-            seconds, peak, fraction, rss = run_in_child(train_step_child, args.cfg, args.batch_size, args.repeats,
-                                                        amp, grouped, 2 * step_macs * args.batch_size)
+            seconds, peak, fraction, tensors, rss = run_in_child(
+                train_step_child, args.cfg, args.batch_size, args.repeats, amp, grouped, step_flops)
             print(f'{label:<26}{"on" if amp else "off":<6}{args.batch_size / seconds:>10.2f}{peak:>14.0f}'
-                  f'{fraction:>9.1%}{rss:>14.0f}', flush=True)
+                  f'{fraction:>10.1%}{tensors:>13.0f}{rss:>9.0f}', flush=True)
     if not on_gpu():
         print('AMP: not timed, Paddle has no mixed precision on a CPU')
 
@@ -335,7 +348,7 @@ def bench_infer(args):
                 with paddle.no_grad():
                     seconds, peak, fraction = time_against_peak(run, 2 * macs * batch, 2, args.repeats)
                 print(f'{label:<36}{batch:>6}{batch / seconds:>10.2f}{seconds * 1e3:>10.1f}{peak:>14.0f}'
-                      f'{fraction:>9.1%}', flush=True)
+                      f'{fraction:>10.1%}', flush=True)
 
 
 SUBCOMMANDS = {
