@@ -252,17 +252,21 @@ def fc3_as_grouped_conv(block, parts):
     return out + block._local_perceptron(parts) if block.reparam_conv_k else out
 
 
-def peak_tensor_mib():
-    """The most memory Paddle's allocator has held for tensors at once in this process (MiB): on the CPU its host
+def peak_tensor_mib(run):
+    """The most memory Paddle's allocator holds for tensors at once during `run()` (MiB): on the CPU its host
     statistic, exact and free of the C allocator's caching that the resident size includes."""
     if on_gpu():
+        paddle.device.cuda.reset_max_memory_allocated()
+        run()
         return paddle.device.cuda.max_memory_allocated() / 2 ** 20
+    paddle.base.core.host_memory_stat_reset_peak_value('Allocated', 0)
+    run()
     return paddle.base.core.host_memory_stat_peak_value('Allocated', 0) / 2 ** 20
 
 
 def train_step_child(cfg_file, batch_size, repeats, amp, grouped_conv, step_flops, results):
-    """In a fresh process: `time_against_peak` of one training step, then the peak tensor memory and the peak
-    resident memory of the process (MiB)."""
+    """In a fresh process: `time_against_peak` of one training step, the peak tensor memory of one more step (without
+    the peak's matrices) and the peak resident memory of the process (MiB)."""
     if grouped_conv:
         RepMLPBlock._training_branches = fc3_as_grouped_conv
     config = get_config(cfg_file)
@@ -277,9 +281,11 @@ def train_step_child(cfg_file, batch_size, repeats, amp, grouped_conv, step_flop
     size = config.DATA.IMAGE_SIZE
     images = paddle.to_tensor(np.random.default_rng(0).integers(0, 256, (batch_size, 3, size, size), np.uint8))
     labels = paddle.arange(batch_size, dtype='int64') % config.MODEL.NUM_CLASSES
-    timing = time_against_peak(lambda: engine.train_one_epoch(trainer, [(images, labels)], 0), step_flops, 2, repeats)
+    step = lambda: engine.train_one_epoch(trainer, [(images, labels)], 0)  # noqa: E731
+    timing = time_against_peak(step, step_flops, 2, repeats)
+    tensors_mib = peak_tensor_mib(step)
     peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
-    results.put((*timing, peak_tensor_mib(), peak_rss_mib))
+    results.put((*timing, tensors_mib, peak_rss_mib))
 
 
 def run_in_child(target, *args):
