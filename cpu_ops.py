@@ -11,7 +11,6 @@ tensors that are not float32 on the CPU (GPU, AMP), in static graphs (export), o
 """
 
 import contextlib
-import fcntl
 import os
 import platform
 import sys
@@ -57,9 +56,10 @@ def silenced_output():
 
 def _build():
     """The compiled module, built or reloaded under a file lock; None with a warning if it cannot be built."""
+    import fcntl  # POSIX only, like the kernel's build
     folder = os.path.join(cpp_extension.get_build_directory(), 'repmlp_gelu_cpu')
-    os.makedirs(folder, exist_ok=True)
     try:
+        os.makedirs(folder, exist_ok=True)
         with open(os.path.join(folder, 'build.lock'), 'w') as lock, silenced_output():
             fcntl.flock(lock, fcntl.LOCK_EX)  # ranks starting together: one builds, the others load its result
             return cpp_extension.load(name='repmlp_gelu_cpu', sources=[SOURCE], extra_cxx_cflags=BUILD_FLAGS,

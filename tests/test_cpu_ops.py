@@ -51,3 +51,15 @@ def test_a_failed_build_warns_and_falls_back(monkeypatch):
     with pytest.warns(UserWarning, match=r'did not build \(g\+\+: command not found\)'):
         output = cpu_ops.gelu(x)
     np.testing.assert_array_equal(output.numpy(), F.gelu(x).numpy())
+
+
+def test_an_unwritable_build_folder_warns_and_falls_back(monkeypatch, tmp_path):
+    blocked = tmp_path / 'file'
+    blocked.write_text('')  # a file where the build folder's parent should be
+    monkeypatch.setenv('PADDLE_EXTENSION_DIR', str(blocked))
+    monkeypatch.setattr(cpu_ops, 'cpu_has_avx2', lambda: True)
+    monkeypatch.setattr(cpu_ops, '_kernels', {})
+    x = paddle.randn([3, 5])
+    with pytest.warns(UserWarning, match='did not build'):
+        output = cpu_ops.gelu(x)
+    np.testing.assert_array_equal(output.numpy(), F.gelu(x).numpy())
