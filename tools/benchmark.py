@@ -206,18 +206,14 @@ def bench_data(args):
 
 
 PEAK_SIZE = 2048  # the matmul that measures the machine's practical float32 peak: PEAK_SIZE^3
-
-
-def on_gpu():
-    """Whether Paddle runs on a GPU here."""
-    return paddle.device.cuda.device_count() > 0
+ON_GPU = paddle.device.cuda.device_count() > 0  # asked once: seconds_of runs it inside the timed window
 
 
 def seconds_of(run):
     """Wall time of one `run()`, waiting for the GPU's queued work where there is one."""
     start = time.perf_counter()
     run()
-    if on_gpu():
+    if ON_GPU:
         paddle.device.synchronize()
     return time.perf_counter() - start
 
@@ -255,7 +251,7 @@ def fc3_as_grouped_conv(block, parts):
 def peak_tensor_mib(run):
     """The most memory Paddle's allocator holds for tensors at once during `run()` (MiB): on the CPU its host
     statistic, exact and free of the C allocator's caching that the resident size includes."""
-    if on_gpu():
+    if ON_GPU:
         paddle.device.cuda.reset_max_memory_allocated()
         run()
         return paddle.device.cuda.max_memory_allocated() / 2 ** 20
@@ -273,7 +269,7 @@ def train_step_child(cfg_file, batch_size, repeats, amp, grouped_conv, step_flop
     config.defrost()
     config.DATA.BATCH_SIZE, config.AMP = batch_size, amp
     config.freeze()
-    paddle.set_device('gpu' if on_gpu() else 'cpu')
+    paddle.set_device('gpu' if ON_GPU else 'cpu')
     logger = logging.getLogger('benchmark')
     logger.addHandler(logging.NullHandler())
     logger.propagate = False
@@ -309,13 +305,13 @@ def bench_train(args):
     print(f'{"fc3 computed as":<26}{"AMP":<6}{"images/s":>10}{"peak GFLOP/s":>14}{"of peak":>10}'
           f'{"tensors MiB":>13}{"RSS MiB":>9}')
     step_flops = 2 * step_macs * args.batch_size
-    for amp in ([False, True] if on_gpu() else [False]):
+    for amp in ([False, True] if ON_GPU else [False]):
         for label, grouped in (('batched matmul (ours)', False), ('grouped 1x1 conv', True)):
             seconds, peak, fraction, tensors, rss = run_in_child(
                 train_step_child, args.cfg, args.batch_size, args.repeats, amp, grouped, step_flops)
             print(f'{label:<26}{"on" if amp else "off":<6}{args.batch_size / seconds:>10.2f}{peak:>14.0f}'
                   f'{fraction:>10.1%}{tensors:>13.0f}{rss:>9.0f}', flush=True)
-    if not on_gpu():
+    if not ON_GPU:
         print('AMP: not timed, Paddle has no mixed precision on a CPU')
 
 
