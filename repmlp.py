@@ -21,7 +21,7 @@ import paddle.nn.functional as F
 from paddle import nn
 
 from config import PATCH_SIZE
-from cpu_ops import gelu
+from cpu_ops import batch_norm_add, batch_norm_gelu, gated_add, gelu
 
 GLOBAL_PERCEPTRON_REDUCE = 4  # the global perceptron's hidden width is channels / 4 in every variant
 FFN_EXPAND = 4  # the FFN's hidden width is 4x the stage channels
@@ -286,7 +286,8 @@ class RepMLPBlock(nn.Layer):
                 self.add_sublayer(f'repconv{k}', conv_bn(num_sharesets, num_sharesets, k, padding=k // 2,
                                                          groups=num_sharesets))
 
-    def forward(self, x):
+    def forward(self, x, residual):
+        """residual + the block's output for x, both [N, C, H, W]."""
         _, channels, height, width = x.shape
         sets, h, w = self.num_sharesets, self.h, self.w
         groups, h_parts, w_parts = channels // sets, height // h, width // w
@@ -318,7 +319,7 @@ class RepMLPBlock(nn.Layer):
             parts = permute(x, view, [2] + rows + [4, 6]).reshape([-1, h * w])
             out = paddle.matmul(parts, matrices[0], transpose_y=True) + bias[0]
             out = permute(out, merged_rows, [1, 2, 0, 3, 5, 4, 6])
-        return out.reshape([-1, channels, height, width]) * gate
+        return gated_add(residual, out.reshape([-1, channels, height, width]), gate)
 
     def _training_branches(self, parts):
         """fc3, its BN and the local perceptron as separate branches with batch statistics: [S, M, h*w] -> same."""
@@ -415,18 +416,30 @@ class FFNBlock(nn.Layer):
         self.ffn_fc1 = conv_bn(channels, hidden_channels, 1)
         self.ffn_fc2 = conv_bn(hidden_channels, channels, 1)
 
-    def forward(self, x):
+    def forward(self, x, residual):
+        """residual + FFN(x), both [N, C, H, W]."""
         channels, height, width = x.shape[1:]
-        if height * width > ONE_PRODUCT_MAX_AREA:
-            return self.ffn_fc2(gelu(self.ffn_fc1(x)))
-        # Small maps as one image holding every pixel of the batch: the 1x1 convs become one matrix product each
-        # instead of one per image, and the BNs see the same values per channel (last stage of B224, batch 8:
-        # eval 18.6 -> 15.6 ms, training forward + backward 60.6 -> 49.4 ms).
-        # [N, C, H, W] -> [C, N, H*W] -> [1, C, N*H*W, 1]
-        pixels = x.reshape([-1, channels, height * width]).transpose([1, 0, 2]).reshape([1, channels, -1, 1])
-        out = self.ffn_fc2(gelu(self.ffn_fc1(pixels)))
-        # [1, C, N*H*W, 1] -> [C, N, H*W] -> [N, C, H, W]
-        return out.reshape([channels, -1, height * width]).transpose([1, 0, 2]).reshape([-1, channels, height, width])
+        one_product = height * width <= ONE_PRODUCT_MAX_AREA
+        if one_product:
+            # Small maps as one image holding every pixel of the batch: the 1x1 convs become one matrix product
+            # each instead of one per image, and the BNs see the same values per channel (last stage of B224,
+            # batch 8: eval 18.6 -> 15.6 ms, training forward + backward 60.6 -> 49.4 ms).
+            # [N, C, H, W] -> [C, N, H*W] -> [1, C, N*H*W, 1]
+            x = x.reshape([-1, channels, height * width]).transpose([1, 0, 2]).reshape([1, channels, -1, 1])
+        out = self.ffn_fc2.conv(self._fc1_gelu(x))
+        if one_product:
+            # [1, C, N*H*W, 1] -> [C, N, H*W] -> [N, C, H, W]; the BN after it is per channel, either layout
+            out = out.reshape([channels, -1, height * width]).transpose([1, 0, 2])
+            out = out.reshape([-1, channels, height, width])
+        if 'bn' in self.ffn_fc2._sub_layers:
+            return batch_norm_add(residual, out, self.ffn_fc2.bn)
+        return residual + out  # the BN folded into the conv (fold_batchnorms)
+
+    def _fc1_gelu(self, x):
+        """gelu(ffn_fc1(x)), with or without its BN folded into the conv."""
+        if 'bn' in self.ffn_fc1._sub_layers:
+            return batch_norm_gelu(self.ffn_fc1.conv(x), self.ffn_fc1.bn)
+        return gelu(self.ffn_fc1(x))
 
 
 class RepMLPNetUnit(nn.Layer):
@@ -440,8 +453,8 @@ class RepMLPNetUnit(nn.Layer):
         self.prebn2 = nn.BatchNorm2D(channels)
 
     def forward(self, x):
-        x = x + self.repmlp_block(self.prebn1(x))
-        return x + self.ffn_block(self.prebn2(x))
+        x = self.repmlp_block(self.prebn1(x), residual=x)
+        return self.ffn_block(self.prebn2(x), residual=x)
 
     def fold_batchnorms(self):
         """Fold the FFN's BNs into its convs and prebn2 into ffn_fc1 (exact); prebn1 becomes a ChannelAffine.

@@ -33,8 +33,8 @@ def tiny_config(tmp_path, extra=''):
     return get_config(str(path))
 
 
-def randomize_batchnorms(model, images, seed=0):
-    """Give every BN running statistics near those of `images` (perturbed at random) and random affine terms.
+def randomize_batchnorms(model, *inputs, seed=0):
+    """Give every BN running statistics near those of `model(*inputs)` (perturbed at random) and random affine terms.
 
     Statistics that match the activations, and BN gains in [0.1, 0.5] as in trained residual networks, keep
     the outputs in a sane range. With gains near 1 the residual stream of the 20-unit variants grows a
@@ -47,7 +47,7 @@ def randomize_batchnorms(model, images, seed=0):
         layer._momentum = 0.0  # running statistics := this batch's statistics
     model.train()
     with paddle.no_grad():
-        model(images)
+        model(*inputs)
     model.eval()
     for layer in batchnorms:
         layer._momentum = 0.9

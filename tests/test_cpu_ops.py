@@ -1,4 +1,4 @@
-"""cpu_ops.py: the C++ GELU kernel builds here and gives Paddle's GELU values and gradients."""
+"""cpu_ops.py: the C++ kernels build here and give the values (and for the GELU the gradients) of Paddle's ops."""
 
 import numpy as np
 import paddle
@@ -13,7 +13,7 @@ def test_the_kernel_builds_on_cpus_with_avx2():
     """On the machines this project is tested on, a fallback would hide a broken build: require the kernel."""
     if not cpu_ops.cpu_has_avx2():
         pytest.skip('the kernel is built for x86-64 CPUs with AVX2 only')
-    assert cpu_ops.gelu_kernel() is not None
+    assert cpu_ops.kernels() is not None
 
 
 @pytest.mark.parametrize('layout', ['contiguous', 'transposed view'])
@@ -41,6 +41,65 @@ def test_other_dtypes_use_paddles_gelu():
     np.testing.assert_array_equal(cpu_ops.gelu(x).numpy(), F.gelu(x).numpy())
 
 
+def running_batchnorm(channels, seed=0):
+    """An eval-mode BN with running statistics and affine terms far from the identity."""
+    rng = np.random.default_rng(seed)
+    bn = paddle.nn.BatchNorm2D(channels)
+    for tensor, values in [(bn._mean, rng.normal(0, 2, channels)), (bn._variance, rng.uniform(0.1, 4, channels)),
+                           (bn.weight, rng.uniform(-2, 2, channels)), (bn.bias, rng.normal(0, 1, channels))]:
+        tensor.set_value(values.astype(np.float32))
+    bn.eval()
+    return bn
+
+
+# 7x5 maps: rows whose length is not a multiple of the kernels' 8 lanes; 4x4: rows that are
+@pytest.mark.parametrize('shape', [[3, 6, 7, 5], [2, 6, 4, 4]], ids=['7x5', '4x4'])
+def test_inference_kernels_match_paddle(shape):
+    rng = np.random.default_rng(1)
+    x, residual = (paddle.to_tensor(rng.standard_normal(shape).astype(np.float32) * 3) for _ in range(2))
+    gate = paddle.to_tensor(rng.uniform(0, 1, shape[:2] + [1, 1]).astype(np.float32))
+    bn = running_batchnorm(shape[1])
+    module = cpu_ops.kernels()
+    if module is None:
+        pytest.skip('no kernels on this CPU')
+    with paddle.no_grad():
+        pairs = [(module.batch_norm_gelu_cpu(x, bn._mean, bn._variance, bn.weight, bn.bias, bn._epsilon),
+                  F.gelu(bn(x))),
+                 (module.batch_norm_add_cpu(residual, x, bn._mean, bn._variance, bn.weight, bn.bias, bn._epsilon),
+                  residual + bn(x)),
+                 (module.gated_add_cpu(residual, x, gate), residual + x * gate)]
+    for output, expected in pairs:
+        assert relative_error(output.numpy(), expected.numpy()) <= 1e-6
+
+
+def test_inference_kernels_keep_nan_and_infinity():
+    x = paddle.to_tensor([float('nan'), float('inf'), -float('inf'), 0.0, -30.0, 30.0]).reshape([1, 1, 6])
+    bn = paddle.nn.BatchNorm1D(1)
+    bn.eval()
+    with paddle.no_grad():
+        np.testing.assert_array_equal(cpu_ops.batch_norm_gelu(x, bn).numpy(), F.gelu(bn(x)).numpy())
+        np.testing.assert_array_equal(cpu_ops.batch_norm_add(x, x, bn).numpy(), (x + bn(x)).numpy())
+        np.testing.assert_array_equal(cpu_ops.gated_add(x, x, paddle.ones([1, 1])).numpy(), (x + x).numpy())
+
+
+def test_inference_kernels_only_without_gradients_and_with_running_statistics():
+    """The fused kernels have no backward and use the running statistics: gradients and training-mode BNs take
+    Paddle's ops."""
+    x = paddle.randn([2, 4, 3, 3])
+    bn = running_batchnorm(4)
+    with paddle.no_grad():
+        assert cpu_ops._kernels_for(x, inference=True) is cpu_ops.kernels()
+    trainable = paddle.randn([2, 4, 3, 3])
+    trainable.stop_gradient = False
+    assert cpu_ops._kernels_for(trainable, inference=True) is None
+    gradient = paddle.grad([cpu_ops.batch_norm_gelu(trainable, bn).sum()], [trainable])[0]
+    expected = paddle.grad([F.gelu(bn(trainable)).sum()], [trainable])[0]
+    assert relative_error(gradient.numpy(), expected.numpy()) <= 1e-6
+    bn.train()
+    with paddle.no_grad():
+        np.testing.assert_array_equal(cpu_ops.batch_norm_add(x, x, bn).numpy(), (x + bn(x)).numpy())
+
+
 def test_a_failed_build_warns_and_falls_back(monkeypatch):
     def no_compiler(**kwargs):
         raise RuntimeError('g++: command not found')
@@ -51,6 +110,9 @@ def test_a_failed_build_warns_and_falls_back(monkeypatch):
     with pytest.warns(UserWarning, match=r'did not build \(g\+\+: command not found\)'):
         output = cpu_ops.gelu(x)
     np.testing.assert_array_equal(output.numpy(), F.gelu(x).numpy())
+    gate = paddle.rand([3, 5])
+    with paddle.no_grad():
+        np.testing.assert_array_equal(cpu_ops.gated_add(x, x, gate).numpy(), (x + x * gate).numpy())
 
 
 def test_an_unwritable_build_folder_warns_and_falls_back(monkeypatch, tmp_path):

@@ -19,7 +19,7 @@ def trained_like_model(config, seed=0):
     """A training-time model of `config` with non-trivial BN statistics, in eval mode."""
     paddle.seed(seed)
     model = build_repmlp(config)
-    randomize_batchnorms(model, paddle.randn([4, 3, config.DATA.IMAGE_SIZE, config.DATA.IMAGE_SIZE]), seed)
+    randomize_batchnorms(model, paddle.randn([4, 3, config.DATA.IMAGE_SIZE, config.DATA.IMAGE_SIZE]), seed=seed)
     return model
 
 

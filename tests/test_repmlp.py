@@ -62,9 +62,10 @@ def test_block_equals_official_grouped_conv_computation(sets, channels, training
     through a conv with groups=S, conv branches on [M, S, h, w]. Small partitions run the local convs as
     products, large ones as depthwise convs; eval mode runs the fused FC."""
     block = RepMLPBlock(channels, h, w, (1, 3), sets, official_order=True)
-    randomize_batchnorms(block, paddle.randn([4, channels, 2 * h, 3 * w]))
+    shape = [4, channels, 2 * h, 3 * w]
+    randomize_batchnorms(block, paddle.randn(shape), paddle.zeros(shape))
     block.train() if training else block.eval()
-    x = paddle.randn([4, channels, 2 * h, 3 * w])
+    x = paddle.randn(shape)
     parts = x.reshape([4, channels, 2, h, 3, w]).transpose([0, 2, 4, 1, 3, 5])  # [N, hp, wp, C, h, w]
     fc3 = F.conv2d(parts.reshape([-1, sets * h * w, 1, 1]), block.fc3.weight, groups=sets)
     convs = [getattr(block, f'repconv{k}') for k in (1, 3)]
@@ -72,8 +73,9 @@ def test_block_equals_official_grouped_conv_computation(sets, channels, training
     out = block.fc3_bn(fc3.reshape([-1, sets, h, w])) + local
     # the official merge: rows taken as (N*C/S, hp, wp), whatever order they were gathered in
     out = out.reshape([-1, 2, 3, sets, h, w]).transpose([0, 3, 1, 4, 2, 5])
-    expected = out.reshape([4, channels, 2 * h, 3 * w]) * block.gp(x)
-    output = block(x)
+    residual = paddle.randn(shape)
+    expected = residual + out.reshape(shape) * block.gp(x)
+    output = block(x, residual)
     assert relative_error(output.numpy(), expected.numpy()) <= 1e-5
     # the gradients of every parameter agree too (the local convs' matrices are built by a scatter)
     weights = paddle.randn(expected.shape)

@@ -1,0 +1,204 @@
+// Elementwise CPU kernels for contiguous float32 tensors, each one pass over memory (Paddle's ops make one pass
+// per operation or more): the exact (erf) GELU and its gradient, and three inference-only fusions of the
+// operations that follow RepMLPNet's products (see cpu_ops.py). Built and called by cpu_ops.py.
+//
+// They run on the calling thread. More threads measured slower within a training step: libgomp's (OpenMP) keep
+// spinning on the cores that Paddle's MKL needs next (T224 step 9.5 -> 8.0 images/s), and std::threads compete
+// with MKL's own Intel OpenMP threads, which spin between products (T224 step 852 ms on one thread, 860 on two).
+#include <cmath>
+#include <vector>
+
+#include "paddle/extension.h"
+
+// libmvec has AVX2 variants of these: declaring them SIMD-callable lets the loops below vectorise without
+// -ffast-math, which would give up NaN and infinity semantics (a diverging run must still show its NaN loss).
+extern "C" float erff(float) noexcept __attribute__((simd("notinbranch")));
+extern "C" float expf(float) noexcept __attribute__((simd("notinbranch")));
+
+namespace {
+
+constexpr float kSqrtHalf = 0.70710678118654752f;    // 1 / sqrt(2)
+constexpr float kInvSqrtTwoPi = 0.39894228040143268f;  // 1 / sqrt(2 pi)
+constexpr int64_t kLanes = 8;                           // float32 values in an AVX2 register
+
+void CheckInput(const paddle::Tensor& x, const char* op) {
+  PD_CHECK(x.is_cpu() && x.dtype() == paddle::DataType::FLOAT32, op, " takes float32 CPU tensors");
+}
+
+void CheckSameShape(const paddle::Tensor& residual, const paddle::Tensor& x, const char* op) {
+  PD_CHECK(residual.shape() == x.shape(), op, " adds tensors of one shape");
+}
+
+inline float Gelu(float value) { return 0.5f * value * (1.0f + erff(value * kSqrtHalf)); }
+
+// The eval-mode BN as y = x * scale + shift per channel, computed in double as repmlp.bn_scale_shift does.
+struct ChannelAffine {
+  std::vector<float> scale, shift;
+};
+
+ChannelAffine BatchNormAffine(const paddle::Tensor& x, const paddle::Tensor& mean, const paddle::Tensor& variance,
+                              const paddle::Tensor& weight, const paddle::Tensor& bias, float epsilon) {
+  const int64_t channels = mean.numel();
+  PD_CHECK(x.shape().size() >= 2 && x.shape()[1] == channels, "the batch norm has ", channels,
+           " channels, its input another number");
+  ChannelAffine affine{std::vector<float>(channels), std::vector<float>(channels)};
+  const float *mu = mean.data<float>(), *var = variance.data<float>(), *gamma = weight.data<float>(),
+              *beta = bias.data<float>();
+  for (int64_t c = 0; c < channels; ++c) {
+    const double scale = gamma[c] / std::sqrt(static_cast<double>(var[c]) + epsilon);
+    affine.scale[c] = static_cast<float>(scale);
+    affine.shift[c] = static_cast<float>(beta[c] - mu[c] * scale);
+  }
+  return affine;
+}
+
+// A tensor [N, C, ...] as N*C rows of `length` values each; row r belongs to channel r % C.
+struct Rows {
+  int64_t count, length;
+};
+
+Rows RowsOf(const paddle::Tensor& x) {
+  PD_CHECK(x.shape().size() >= 2, "the CPU kernels take tensors [N, C, ...]");
+  const int64_t count = x.shape()[0] * x.shape()[1];
+  return {count, count > 0 ? x.numel() / count : 0};
+}
+
+}  // namespace
+
+// gelu(x) = x * Phi(x) = x / 2 * (1 + erf(x / sqrt(2)))
+std::vector<paddle::Tensor> GeluForward(const paddle::Tensor& x) {
+  CheckInput(x, "gelu_cpu");
+  paddle::Tensor out = paddle::empty_like(x);
+  const float* in = x.data<float>();
+  float* result = out.data<float>();
+  const int64_t size = x.numel();
+#pragma omp simd
+  for (int64_t i = 0; i < size; ++i) {
+    result[i] = Gelu(in[i]);
+  }
+  return {out};
+}
+
+// d gelu / dx = Phi(x) + x * phi(x), phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
+std::vector<paddle::Tensor> GeluBackward(const paddle::Tensor& x, const paddle::Tensor& grad_out) {
+  CheckInput(x, "gelu_cpu");
+  CheckInput(grad_out, "gelu_cpu");
+  paddle::Tensor grad_x = paddle::empty_like(x);
+  const float* in = x.data<float>();
+  const float* grad = grad_out.data<float>();
+  float* result = grad_x.data<float>();
+  const int64_t size = x.numel();
+#pragma omp simd
+  for (int64_t i = 0; i < size; ++i) {
+    const float value = in[i];
+    const float cdf = 0.5f * (1.0f + erff(value * kSqrtHalf));
+    const float pdf = kInvSqrtTwoPi * expf(-0.5f * value * value);
+    result[i] = grad[i] * (cdf + value * pdf);
+  }
+  return {grad_x};
+}
+
+// gelu(batch_norm(x)) with running statistics, x [N, C, ...]
+std::vector<paddle::Tensor> BatchNormGelu(const paddle::Tensor& x, const paddle::Tensor& mean,
+                                          const paddle::Tensor& variance, const paddle::Tensor& weight,
+                                          const paddle::Tensor& bias, float epsilon) {
+  CheckInput(x, "batch_norm_gelu_cpu");
+  const ChannelAffine affine = BatchNormAffine(x, mean, variance, weight, bias, epsilon);
+  paddle::Tensor out = paddle::empty_like(x);
+  const auto [rows, length] = RowsOf(x);
+  const int64_t channels = mean.numel();
+  // A row's last length % kLanes values go through one vector call in a padded buffer, not scalar erff calls
+  // (rows of 14 x 14 = 196 values end in 4: B224's third stage, batch 8: 1.25 -> 0.9 ms)
+  const int64_t body = length - length % kLanes;
+  const float* x_data = x.data<float>();
+  float* out_data = out.data<float>();
+  for (int64_t row = 0, channel = 0; row < rows; ++row, channel = channel + 1 < channels ? channel + 1 : 0) {
+    const float scale = affine.scale[channel], shift = affine.shift[channel];
+    const float* in = x_data + row * length;
+    float* result = out_data + row * length;
+#pragma omp simd
+    for (int64_t i = 0; i < body; ++i) {
+      result[i] = Gelu(in[i] * scale + shift);
+    }
+    if (body < length) {
+      float tail[kLanes] = {};
+      for (int64_t i = body; i < length; ++i) tail[i - body] = in[i] * scale + shift;
+#pragma omp simd
+      for (int64_t lane = 0; lane < kLanes; ++lane) tail[lane] = Gelu(tail[lane]);
+      for (int64_t i = body; i < length; ++i) result[i] = tail[i - body];
+    }
+  }
+  return {out};
+}
+
+// residual + batch_norm(x) with running statistics, both [N, C, ...]
+std::vector<paddle::Tensor> BatchNormAdd(const paddle::Tensor& residual, const paddle::Tensor& x,
+                                         const paddle::Tensor& mean, const paddle::Tensor& variance,
+                                         const paddle::Tensor& weight, const paddle::Tensor& bias, float epsilon) {
+  CheckInput(residual, "batch_norm_add_cpu");
+  CheckInput(x, "batch_norm_add_cpu");
+  CheckSameShape(residual, x, "batch_norm_add_cpu");
+  const ChannelAffine affine = BatchNormAffine(x, mean, variance, weight, bias, epsilon);
+  paddle::Tensor out = paddle::empty_like(x);
+  const auto [rows, length] = RowsOf(x);
+  const int64_t channels = mean.numel();
+  const float *x_data = x.data<float>(), *residual_data = residual.data<float>();
+  float* out_data = out.data<float>();
+  for (int64_t row = 0, channel = 0; row < rows; ++row, channel = channel + 1 < channels ? channel + 1 : 0) {
+    const float scale = affine.scale[channel], shift = affine.shift[channel];
+    const float* in = x_data + row * length;
+    const float* skip = residual_data + row * length;
+    float* result = out_data + row * length;
+#pragma omp simd
+    for (int64_t i = 0; i < length; ++i) {
+      result[i] = skip[i] + (in[i] * scale + shift);
+    }
+  }
+  return {out};
+}
+
+// residual + x * gate, x [N, C, ...] and gate [N, C] (one value per map)
+std::vector<paddle::Tensor> GatedAdd(const paddle::Tensor& residual, const paddle::Tensor& x,
+                                     const paddle::Tensor& gate) {
+  CheckInput(residual, "gated_add_cpu");
+  CheckInput(x, "gated_add_cpu");
+  CheckInput(gate, "gated_add_cpu");
+  CheckSameShape(residual, x, "gated_add_cpu");
+  paddle::Tensor out = paddle::empty_like(x);
+  const auto [rows, length] = RowsOf(x);
+  PD_CHECK(gate.numel() == rows, "gated_add_cpu takes one gate value per map");
+  const float *x_data = x.data<float>(), *residual_data = residual.data<float>(), *gate_data = gate.data<float>();
+  float* out_data = out.data<float>();
+  for (int64_t row = 0; row < rows; ++row) {
+    const float scale = gate_data[row];
+    const float* in = x_data + row * length;
+    const float* skip = residual_data + row * length;
+    float* result = out_data + row * length;
+#pragma omp simd
+    for (int64_t i = 0; i < length; ++i) {
+      result[i] = skip[i] + in[i] * scale;
+    }
+  }
+  return {out};
+}
+
+PD_BUILD_OP(gelu_cpu).Inputs({"X"}).Outputs({"Out"}).SetKernelFn(PD_KERNEL(GeluForward));
+
+PD_BUILD_GRAD_OP(gelu_cpu)
+    .Inputs({"X", paddle::Grad("Out")})
+    .Outputs({paddle::Grad("X")})
+    .SetKernelFn(PD_KERNEL(GeluBackward));
+
+PD_BUILD_OP(batch_norm_gelu_cpu)
+    .Inputs({"X", "Mean", "Variance", "Weight", "Bias"})
+    .Outputs({"Out"})
+    .Attrs({"epsilon: float"})
+    .SetKernelFn(PD_KERNEL(BatchNormGelu));
+
+PD_BUILD_OP(batch_norm_add_cpu)
+    .Inputs({"Residual", "X", "Mean", "Variance", "Weight", "Bias"})
+    .Outputs({"Out"})
+    .Attrs({"epsilon: float"})
+    .SetKernelFn(PD_KERNEL(BatchNormAdd));
+
+PD_BUILD_OP(gated_add_cpu).Inputs({"Residual", "X", "Gate"}).Outputs({"Out"}).SetKernelFn(PD_KERNEL(GatedAdd));
