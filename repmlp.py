@@ -26,7 +26,7 @@ from cpu_ops import batch_norm_add, batch_norm_gelu, gated_add, gelu
 GLOBAL_PERCEPTRON_REDUCE = 4  # the global perceptron's hidden width is channels / 4 in every variant
 FFN_EXPAND = 4  # the FFN's hidden width is 4x the stage channels
 DENSE_LOCAL_CONV_MAX_AREA = 400  # local perceptron convs on partitions up to 20x20 run as matrix products
-ONE_PRODUCT_MAX_AREA = 100  # FFNs on maps up to 10x10 run each 1x1 conv as one product over the batch
+ONE_PRODUCT_MAX_AREA = 256  # FFNs on maps up to 16x16 run each 1x1 conv as one product over the batch
 
 
 def conv_bn(in_channels, out_channels, kernel_size, stride=1, padding=0, groups=1):
@@ -422,8 +422,10 @@ class FFNBlock(nn.Layer):
         one_product = height * width <= ONE_PRODUCT_MAX_AREA
         if one_product:
             # Small maps as one image holding every pixel of the batch: the 1x1 convs become one matrix product
-            # each instead of one per image, and the BNs see the same values per channel (last stage of B224,
-            # batch 8: eval 18.6 -> 15.6 ms, training forward + backward 60.6 -> 49.4 ms).
+            # each instead of one per image, and the BNs see the same values per channel. Batch 8: B224's last
+            # stage eval 18.6 -> 15.6 ms and training forward + backward 60.6 -> 49.4 ms; with the third stage
+            # too (14x14), the deploy forward 536 -> 526 ms and T224's forward + backward 814 -> 803 ms; B256's
+            # (16x16) deploy forward 770 -> 750 ms. Larger maps gain nothing (28x28: 526 ms).
             # [N, C, H, W] -> [C, N, H*W] -> [1, C, N*H*W, 1]
             x = x.reshape([-1, channels, height * width]).transpose([1, 0, 2]).reshape([1, channels, -1, 1])
         out = self.ffn_fc2.conv(self._fc1_gelu(x))
