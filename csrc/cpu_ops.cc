@@ -2,9 +2,12 @@
 // per operation or more): the exact (erf) GELU and its gradient, and three inference-only fusions of the
 // operations that follow RepMLPNet's products (see cpu_ops.py). Built and called by cpu_ops.py.
 //
-// They run on the calling thread. More threads measured slower within a training step: libgomp's (OpenMP) keep
-// spinning on the cores that Paddle's MKL needs next (T224 step 9.5 -> 8.0 images/s), and std::threads compete
-// with MKL's own Intel OpenMP threads, which spin between products (T224 step 852 ms on one thread, 860 on two).
+// Threads: the loops run on the OpenMP threads of Intel's runtime (libiomp5), the one that Paddle's MKL uses, to
+// which cpu_ops.py links this library. Those threads are the ones spinning after each MKL product, so the loops
+// start without waking or competing with anyone. Under GCC's libgomp, or with std::threads, a second set of
+// threads spun on the cores that MKL needed next (T224 training step 9.5 -> 8.0 images/s; a B224 deploy forward
+// 541 -> 678 ms). Without libiomp5 the pragmas are ignored and the loops run on the calling thread.
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -20,6 +23,8 @@ namespace {
 constexpr float kSqrtHalf = 0.70710678118654752f;    // 1 / sqrt(2)
 constexpr float kInvSqrtTwoPi = 0.39894228040143268f;  // 1 / sqrt(2 pi)
 constexpr int64_t kLanes = 8;                           // float32 values in an AVX2 register
+constexpr int64_t kChunk = 4096;                        // values per task of the flat GELU loops
+constexpr int64_t kParallelMinValues = 1 << 15;         // smaller tensors stay on the calling thread
 
 void CheckInput(const paddle::Tensor& x, const char* op) {
   PD_CHECK(x.is_cpu() && x.dtype() == paddle::DataType::FLOAT32, op, " takes float32 CPU tensors");
@@ -30,6 +35,33 @@ void CheckSameShape(const paddle::Tensor& residual, const paddle::Tensor& x, con
 }
 
 inline float Gelu(float value) { return 0.5f * value * (1.0f + erff(value * kSqrtHalf)); }
+
+// d gelu / dx = Phi(x) + x * phi(x), phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
+inline float GeluDerivative(float value) {
+  const float cdf = 0.5f * (1.0f + erff(value * kSqrtHalf));
+  const float pdf = kInvSqrtTwoPi * expf(-0.5f * value * value);
+  return cdf + value * pdf;
+}
+
+// body(task) for every task in [0, tasks), split between the OpenMP threads when there are `values` enough
+template <typename Body>
+void ParallelFor(int64_t tasks, int64_t values, const Body& body) {
+#pragma omp parallel for schedule(static) if (values >= kParallelMinValues)
+  for (int64_t task = 0; task < tasks; ++task) {
+    body(task);
+  }
+}
+
+// A tensor [N, C, ...] as N*C rows of `length` values each; row r belongs to channel r % C.
+struct Rows {
+  int64_t count, length;
+};
+
+Rows RowsOf(const paddle::Tensor& x) {
+  PD_CHECK(x.shape().size() >= 2, "the CPU kernels take tensors [N, C, ...]");
+  const int64_t count = x.shape()[0] * x.shape()[1];
+  return {count, count > 0 ? x.numel() / count : 0};
+}
 
 // The eval-mode BN as y = x * scale + shift per channel, computed in double as repmlp.bn_scale_shift does.
 struct ChannelAffine {
@@ -52,17 +84,6 @@ ChannelAffine BatchNormAffine(const paddle::Tensor& x, const paddle::Tensor& mea
   return affine;
 }
 
-// A tensor [N, C, ...] as N*C rows of `length` values each; row r belongs to channel r % C.
-struct Rows {
-  int64_t count, length;
-};
-
-Rows RowsOf(const paddle::Tensor& x) {
-  PD_CHECK(x.shape().size() >= 2, "the CPU kernels take tensors [N, C, ...]");
-  const int64_t count = x.shape()[0] * x.shape()[1];
-  return {count, count > 0 ? x.numel() / count : 0};
-}
-
 }  // namespace
 
 // gelu(x) = x * Phi(x) = x / 2 * (1 + erf(x / sqrt(2)))
@@ -72,14 +93,16 @@ std::vector<paddle::Tensor> GeluForward(const paddle::Tensor& x) {
   const float* in = x.data<float>();
   float* result = out.data<float>();
   const int64_t size = x.numel();
+  ParallelFor((size + kChunk - 1) / kChunk, size, [&](int64_t chunk) {
+    const int64_t end = std::min(size, (chunk + 1) * kChunk);
 #pragma omp simd
-  for (int64_t i = 0; i < size; ++i) {
-    result[i] = Gelu(in[i]);
-  }
+    for (int64_t i = chunk * kChunk; i < end; ++i) {
+      result[i] = Gelu(in[i]);
+    }
+  });
   return {out};
 }
 
-// d gelu / dx = Phi(x) + x * phi(x), phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
 std::vector<paddle::Tensor> GeluBackward(const paddle::Tensor& x, const paddle::Tensor& grad_out) {
   CheckInput(x, "gelu_cpu");
   CheckInput(grad_out, "gelu_cpu");
@@ -88,13 +111,13 @@ std::vector<paddle::Tensor> GeluBackward(const paddle::Tensor& x, const paddle::
   const float* grad = grad_out.data<float>();
   float* result = grad_x.data<float>();
   const int64_t size = x.numel();
+  ParallelFor((size + kChunk - 1) / kChunk, size, [&](int64_t chunk) {
+    const int64_t end = std::min(size, (chunk + 1) * kChunk);
 #pragma omp simd
-  for (int64_t i = 0; i < size; ++i) {
-    const float value = in[i];
-    const float cdf = 0.5f * (1.0f + erff(value * kSqrtHalf));
-    const float pdf = kInvSqrtTwoPi * expf(-0.5f * value * value);
-    result[i] = grad[i] * (cdf + value * pdf);
-  }
+    for (int64_t i = chunk * kChunk; i < end; ++i) {
+      result[i] = grad[i] * GeluDerivative(in[i]);
+    }
+  });
   return {grad_x};
 }
 
@@ -105,15 +128,15 @@ std::vector<paddle::Tensor> BatchNormGelu(const paddle::Tensor& x, const paddle:
   CheckInput(x, "batch_norm_gelu_cpu");
   const ChannelAffine affine = BatchNormAffine(x, mean, variance, weight, bias, epsilon);
   paddle::Tensor out = paddle::empty_like(x);
-  const auto [rows, length] = RowsOf(x);
-  const int64_t channels = mean.numel();
+  const Rows rows = RowsOf(x);
+  const int64_t length = rows.length, channels = mean.numel();
   // A row's last length % kLanes values go through one vector call in a padded buffer, not scalar erff calls
-  // (rows of 14 x 14 = 196 values end in 4: B224's third stage, batch 8: 1.25 -> 0.9 ms)
+  // (rows of 14 x 14 = 196 values end in 4)
   const int64_t body = length - length % kLanes;
   const float* x_data = x.data<float>();
   float* out_data = out.data<float>();
-  for (int64_t row = 0, channel = 0; row < rows; ++row, channel = channel + 1 < channels ? channel + 1 : 0) {
-    const float scale = affine.scale[channel], shift = affine.shift[channel];
+  ParallelFor(rows.count, x.numel(), [&](int64_t row) {
+    const float scale = affine.scale[row % channels], shift = affine.shift[row % channels];
     const float* in = x_data + row * length;
     float* result = out_data + row * length;
 #pragma omp simd
@@ -127,7 +150,7 @@ std::vector<paddle::Tensor> BatchNormGelu(const paddle::Tensor& x, const paddle:
       for (int64_t lane = 0; lane < kLanes; ++lane) tail[lane] = Gelu(tail[lane]);
       for (int64_t i = body; i < length; ++i) result[i] = tail[i - body];
     }
-  }
+  });
   return {out};
 }
 
@@ -140,12 +163,12 @@ std::vector<paddle::Tensor> BatchNormAdd(const paddle::Tensor& residual, const p
   CheckSameShape(residual, x, "batch_norm_add_cpu");
   const ChannelAffine affine = BatchNormAffine(x, mean, variance, weight, bias, epsilon);
   paddle::Tensor out = paddle::empty_like(x);
-  const auto [rows, length] = RowsOf(x);
-  const int64_t channels = mean.numel();
+  const Rows rows = RowsOf(x);
+  const int64_t length = rows.length, channels = mean.numel();
   const float *x_data = x.data<float>(), *residual_data = residual.data<float>();
   float* out_data = out.data<float>();
-  for (int64_t row = 0, channel = 0; row < rows; ++row, channel = channel + 1 < channels ? channel + 1 : 0) {
-    const float scale = affine.scale[channel], shift = affine.shift[channel];
+  ParallelFor(rows.count, x.numel(), [&](int64_t row) {
+    const float scale = affine.scale[row % channels], shift = affine.shift[row % channels];
     const float* in = x_data + row * length;
     const float* skip = residual_data + row * length;
     float* result = out_data + row * length;
@@ -153,7 +176,7 @@ std::vector<paddle::Tensor> BatchNormAdd(const paddle::Tensor& residual, const p
     for (int64_t i = 0; i < length; ++i) {
       result[i] = skip[i] + (in[i] * scale + shift);
     }
-  }
+  });
   return {out};
 }
 
@@ -165,11 +188,12 @@ std::vector<paddle::Tensor> GatedAdd(const paddle::Tensor& residual, const paddl
   CheckInput(gate, "gated_add_cpu");
   CheckSameShape(residual, x, "gated_add_cpu");
   paddle::Tensor out = paddle::empty_like(x);
-  const auto [rows, length] = RowsOf(x);
-  PD_CHECK(gate.numel() == rows, "gated_add_cpu takes one gate value per map");
+  const Rows rows = RowsOf(x);
+  const int64_t length = rows.length;
+  PD_CHECK(gate.numel() == rows.count, "gated_add_cpu takes one gate value per map");
   const float *x_data = x.data<float>(), *residual_data = residual.data<float>(), *gate_data = gate.data<float>();
   float* out_data = out.data<float>();
-  for (int64_t row = 0; row < rows; ++row) {
+  ParallelFor(rows.count, x.numel(), [&](int64_t row) {
     const float scale = gate_data[row];
     const float* in = x_data + row * length;
     const float* skip = residual_data + row * length;
@@ -178,7 +202,7 @@ std::vector<paddle::Tensor> GatedAdd(const paddle::Tensor& residual, const paddl
     for (int64_t i = 0; i < length; ++i) {
       result[i] = skip[i] + in[i] * scale;
     }
-  }
+  });
   return {out};
 }
 

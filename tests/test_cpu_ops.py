@@ -1,9 +1,16 @@
 """cpu_ops.py: the C++ kernels build here and give the values (and for the GELU the gradients) of Paddle's ops."""
 
+import glob
+import os
+import re
+import shutil
+import subprocess
+
 import numpy as np
 import paddle
 import paddle.nn.functional as F
 import pytest
+from paddle.utils import cpp_extension
 
 import cpu_ops
 from helpers import relative_error
@@ -16,9 +23,22 @@ def test_the_kernel_builds_on_cpus_with_avx2():
     assert cpu_ops.kernels() is not None
 
 
-@pytest.mark.parametrize('layout', ['contiguous', 'transposed view'])
-def test_gelu_matches_paddle_values_and_gradients(layout):
-    x = paddle.to_tensor(np.random.default_rng(0).standard_normal((4, 6, 7, 5)).astype(np.float32) * 4)
+def test_the_kernels_run_on_paddles_openmp_runtime():
+    """Linked to Paddle's libiomp5 and not to GCC's libgomp, whose threads would compete with MKL's (see the
+    source): a B224 deploy forward took 541 -> 678 ms with libgomp."""
+    if cpu_ops.kernels() is None or not os.path.isfile(cpu_ops.INTEL_OPENMP) or shutil.which('readelf') is None:
+        pytest.skip('no kernels, no libiomp5 in this Paddle, or no readelf')
+    folder = os.path.join(cpp_extension.get_build_directory(), 'repmlp_cpu_ops')
+    library, = glob.glob(os.path.join(folder, '**', 'repmlp_cpu_ops.so'), recursive=True)
+    dynamic = subprocess.run(['readelf', '-d', library], capture_output=True, text=True, check=True).stdout
+    needed = re.findall(r'\(NEEDED\).*\[(.+)\]', dynamic)
+    assert 'libiomp5.so' in needed and not any('gomp' in name for name in needed), needed
+
+
+@pytest.mark.parametrize('layout, shape', [('contiguous', (4, 6, 7, 5)), ('transposed view', (4, 6, 7, 5)),
+                                           ('contiguous', (4, 16, 41, 40))], ids=['small', 'view', 'threaded'])
+def test_gelu_matches_paddle_values_and_gradients(layout, shape):
+    x = paddle.to_tensor(np.random.default_rng(0).standard_normal(shape).astype(np.float32) * 4)
     if layout == 'transposed view':
         x = x.transpose([0, 2, 1, 3])
     x.stop_gradient = False
@@ -52,8 +72,9 @@ def running_batchnorm(channels, seed=0):
     return bn
 
 
-# 7x5 maps: rows whose length is not a multiple of the kernels' 8 lanes; 4x4: rows that are
-@pytest.mark.parametrize('shape', [[3, 6, 7, 5], [2, 6, 4, 4]], ids=['7x5', '4x4'])
+# 7x5 maps: rows whose length is not a multiple of the kernels' 8 lanes; 4x4: rows that are; 45x45: enough values
+# for the kernels' threads
+@pytest.mark.parametrize('shape', [[3, 6, 7, 5], [2, 6, 4, 4], [2, 16, 45, 45]], ids=['7x5', '4x4', '45x45'])
 def test_inference_kernels_match_paddle(shape):
     rng = np.random.default_rng(1)
     x, residual = (paddle.to_tensor(rng.standard_normal(shape).astype(np.float32) * 3) for _ in range(2))
