@@ -141,9 +141,16 @@ def batch_norm_add(residual, x, bn):
     return module.batch_norm_add_cpu(_contiguous(residual), _contiguous(x), *statistics, bn._epsilon)
 
 
-def gated_add(residual, x, gate):
-    """residual + x * gate for x and residual [N, C, H, W] and gate [N, C, 1, 1] (one value per map)."""
-    module = _kernels_for(residual, x, gate, inference=True)
-    if module is None:
-        return residual + x * gate
-    return module.gated_add_cpu(_contiguous(residual), _contiguous(x), _contiguous(gate))
+def gated_add(residual, x, gate, bias=None):
+    """residual + (x + bias) * gate for x and residual [N, C, H, W], gate [N, C, 1, 1] (one value per map) and a bias
+    [S, H*W] whose row c % S is added to the map of channel c (C a multiple of S), or None."""
+    module = _kernels_for(residual, x, gate, *([] if bias is None else [bias]), inference=True)
+    if module is not None:
+        return module.gated_add_cpu(_contiguous(residual), _contiguous(x), _contiguous(gate),
+                                    None if bias is None else _contiguous(bias))
+    if bias is not None:
+        channels, height, width = x.shape[1:]
+        sets = bias.shape[0]
+        # [N, C, H, W] -> [N, C/S, S, H*W], to which the bias [S, H*W] broadcasts along the leading axes
+        x = (x.reshape([-1, channels // sets, sets, height * width]) + bias).reshape([-1, channels, height, width])
+    return residual + x * gate

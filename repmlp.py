@@ -296,30 +296,18 @@ class RepMLPBlock(nn.Layer):
         # gather order (n, hp, wp, C/S). Either way they are put back as (n, C/S, hp, wp) (see the docstring).
         view = [-1, groups, sets, h_parts, h, w_parts, w]
         rows = [0, 3, 5, 1] if self.official_order else [0, 1, 3, 5]
-        merged_rows = [sets, -1, groups, h_parts, w_parts, h, w]
+        # [N, C/S, S, hp, h, wp, w] -> [S, M, h, w] -> [S, M, h*w]
+        parts = permute(x, view, [2] + rows + [4, 6]).reshape([sets, -1, h * w])
         if self.training and not self.deploy:
-            # [N, C/S, S, hp, h, wp, w] -> [S, M, h, w] -> [S, M, h*w]
-            parts = permute(x, view, [2] + rows + [4, 6]).reshape([sets, -1, h * w])
-            out = self._training_branches(parts)
-            # [S, N, C/S, hp, wp, h, w] -> [N, C/S, S, hp, h, wp, w]
-            out = permute(out, merged_rows, [1, 2, 0, 3, 5, 4, 6])
-        elif sets > 1:
-            matrices, bias = self._inference_fc3()
-            # Columns, so that the bias broadcasts along the last axis: Paddle's CPU add is 5-20x slower when
-            # it broadcasts along a middle one ([S, 1, h*w]).
-            # [N, C/S, S, hp, h, wp, w] -> [S, h, w, M] -> [S, h*w, M]
-            parts = permute(x, view, [2, 4, 6] + rows).reshape([sets, h * w, -1])
-            out = paddle.matmul(matrices, parts) + bias.unsqueeze(-1)
-            # [S, h, w, N, C/S, hp, wp] -> [N, C/S, S, hp, h, wp, w]
-            out = permute(out, [sets, h, w, -1, groups, h_parts, w_parts], [3, 4, 0, 5, 1, 6, 2])
+            out, bias = self._training_branches(parts), None
         else:
             matrices, bias = self._inference_fc3()
-            # One share-set: a plain 2-D product on rows, whose bias add is fast and needs no transpose.
-            # [N, C, hp, h, wp, w] -> [M, h*w]
-            parts = permute(x, view, [2] + rows + [4, 6]).reshape([-1, h * w])
-            out = paddle.matmul(parts, matrices[0], transpose_y=True) + bias[0]
-            out = permute(out, merged_rows, [1, 2, 0, 3, 5, 4, 6])
-        return gated_add(residual, out.reshape([-1, channels, height, width]), gate)
+            out = paddle.matmul(parts, matrices, transpose_y=True)
+            # [S, h*w] -> [S, hp, h, wp, w] -> [S, H*W]: the bias at every pixel of a map, added with the gate
+            bias = bias.reshape([sets, 1, h, 1, w]).tile([1, h_parts, 1, w_parts, 1]).reshape([sets, -1])
+        # [S, N, C/S, hp, wp, h, w] -> [N, C/S, S, hp, h, wp, w]
+        out = permute(out, [sets, -1, groups, h_parts, w_parts, h, w], [1, 2, 0, 3, 5, 4, 6])
+        return gated_add(residual, out.reshape([-1, channels, height, width]), gate, bias)
 
     def _training_branches(self, parts):
         """fc3, its BN and the local perceptron as separate branches with batch statistics: [S, M, h*w] -> same."""

@@ -180,9 +180,10 @@ std::vector<paddle::Tensor> BatchNormAdd(const paddle::Tensor& residual, const p
   return {out};
 }
 
-// residual + x * gate, x [N, C, ...] and gate [N, C] (one value per map)
+// residual + (x + bias) * gate, x [N, C, ...] with maps of L values, gate [N, C] (one value per map) and an optional
+// bias [S, L] whose row c % S is added to the maps of channel c (C a multiple of S)
 std::vector<paddle::Tensor> GatedAdd(const paddle::Tensor& residual, const paddle::Tensor& x,
-                                     const paddle::Tensor& gate) {
+                                     const paddle::Tensor& gate, const paddle::optional<paddle::Tensor>& bias) {
   CheckInput(residual, "gated_add_cpu");
   CheckInput(x, "gated_add_cpu");
   CheckInput(gate, "gated_add_cpu");
@@ -191,6 +192,15 @@ std::vector<paddle::Tensor> GatedAdd(const paddle::Tensor& residual, const paddl
   const Rows rows = RowsOf(x);
   const int64_t length = rows.length;
   PD_CHECK(gate.numel() == rows.count, "gated_add_cpu takes one gate value per map");
+  const float* bias_data = nullptr;
+  int64_t bias_rows = 1;
+  if (bias) {
+    CheckInput(*bias, "gated_add_cpu");
+    bias_rows = length > 0 ? bias->numel() / length : 1;
+    PD_CHECK(bias->numel() == bias_rows * length && x.shape()[1] % bias_rows == 0,
+             "gated_add_cpu takes a bias [S, H*W] with the channels a multiple of S");
+    bias_data = bias->data<float>();
+  }
   const float *x_data = x.data<float>(), *residual_data = residual.data<float>(), *gate_data = gate.data<float>();
   float* out_data = out.data<float>();
   ParallelFor(rows.count, x.numel(), [&](int64_t row) {
@@ -198,9 +208,17 @@ std::vector<paddle::Tensor> GatedAdd(const paddle::Tensor& residual, const paddl
     const float* in = x_data + row * length;
     const float* skip = residual_data + row * length;
     float* result = out_data + row * length;
+    if (bias_data == nullptr) {
+#pragma omp simd
+      for (int64_t i = 0; i < length; ++i) {
+        result[i] = skip[i] + in[i] * scale;
+      }
+      return;
+    }
+    const float* shift = bias_data + (row % bias_rows) * length;
 #pragma omp simd
     for (int64_t i = 0; i < length; ++i) {
-      result[i] = skip[i] + in[i] * scale;
+      result[i] = skip[i] + (in[i] + shift[i]) * scale;
     }
   });
   return {out};
@@ -225,4 +243,7 @@ PD_BUILD_OP(batch_norm_add_cpu)
     .Attrs({"epsilon: float"})
     .SetKernelFn(PD_KERNEL(BatchNormAdd));
 
-PD_BUILD_OP(gated_add_cpu).Inputs({"Residual", "X", "Gate"}).Outputs({"Out"}).SetKernelFn(PD_KERNEL(GatedAdd));
+PD_BUILD_OP(gated_add_cpu)
+    .Inputs({"Residual", "X", "Gate", paddle::Optional("Bias")})
+    .Outputs({"Out"})
+    .SetKernelFn(PD_KERNEL(GatedAdd));

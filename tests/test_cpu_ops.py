@@ -72,6 +72,13 @@ def running_batchnorm(channels, seed=0):
     return bn
 
 
+def gated_add_with_bias(residual, x, gate, bias):
+    """residual + (x + bias) * gate, with bias [S, H*W] tiled over the channels: channel c takes the row c % S."""
+    sets, (channels, height, width) = bias.shape[0], x.shape[1:]
+    bias_maps = np.tile(bias.numpy().reshape([sets, height, width]), [channels // sets, 1, 1])  # [C, H, W]
+    return residual + (x + paddle.to_tensor(bias_maps)) * gate
+
+
 # 7x5 maps: rows whose length is not a multiple of the kernels' 8 lanes; 4x4: rows that are; 45x45: enough values
 # for the kernels' threads
 @pytest.mark.parametrize('shape', [[3, 6, 7, 5], [2, 6, 4, 4], [2, 16, 45, 45]], ids=['7x5', '4x4', '45x45'])
@@ -88,7 +95,9 @@ def test_inference_kernels_match_paddle(shape):
                   F.gelu(bn(x))),
                  (module.batch_norm_add_cpu(residual, x, bn._mean, bn._variance, bn.weight, bn.bias, bn._epsilon),
                   residual + bn(x)),
-                 (module.gated_add_cpu(residual, x, gate), residual + x * gate)]
+                 (module.gated_add_cpu(residual, x, gate, None), residual + x * gate)]
+        bias = paddle.to_tensor(rng.standard_normal((2, shape[2] * shape[3])).astype(np.float32))
+        pairs.append((module.gated_add_cpu(residual, x, gate, bias), gated_add_with_bias(residual, x, gate, bias)))
     for output, expected in pairs:
         assert relative_error(output.numpy(), expected.numpy()) <= 1e-6
 
@@ -127,13 +136,14 @@ def test_a_failed_build_warns_and_falls_back(monkeypatch):
     monkeypatch.setattr(cpu_ops.cpp_extension, 'load', no_compiler)
     monkeypatch.setattr(cpu_ops, 'cpu_has_avx2', lambda: True)
     monkeypatch.setattr(cpu_ops, '_kernels', {})
-    x = paddle.randn([3, 5])
+    x = paddle.randn([2, 4, 3, 3])
     with pytest.warns(UserWarning, match=r'did not build \(g\+\+: command not found\)'):
         output = cpu_ops.gelu(x)
     np.testing.assert_array_equal(output.numpy(), F.gelu(x).numpy())
-    gate = paddle.rand([3, 5])
+    gate, bias = paddle.rand([2, 4, 1, 1]), paddle.randn([2, 9])
     with paddle.no_grad():
-        np.testing.assert_array_equal(cpu_ops.gated_add(x, x, gate).numpy(), (x + x * gate).numpy())
+        output = cpu_ops.gated_add(x, x, gate, bias)
+    assert relative_error(output.numpy(), gated_add_with_bias(x, x, gate, bias).numpy()) <= 1e-6
 
 
 def test_an_unwritable_build_folder_warns_and_falls_back(monkeypatch, tmp_path):
