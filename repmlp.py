@@ -21,7 +21,7 @@ import paddle.nn.functional as F
 from paddle import nn
 
 from config import PATCH_SIZE
-from cpu_ops import batch_norm_add, batch_norm_gelu, gated_add, gelu
+from cpu_ops import batch_norm_add, batch_norm_gelu, depthwise_conv, gated_add, gelu
 
 GLOBAL_PERCEPTRON_REDUCE = 4  # the global perceptron's hidden width is channels / 4 in every variant
 FFN_EXPAND = 4  # the FFN's hidden width is 4x the stage channels
@@ -144,43 +144,6 @@ def permute(x, shape, order):
     x = x.reshape(sizes)
     run_order = [source.index(run) for run in runs]
     return x.transpose(run_order) if run_order != sorted(run_order) else x
-
-
-class _DepthwiseInputGradient(paddle.autograd.PyLayer):
-    """Identity on the output of `depthwise_conv`; its backward gives the conv's images their gradient."""
-
-    @staticmethod
-    def forward(ctx, out, images, kernel):
-        ctx.save_for_backward(kernel)
-        ctx.images_need_grad = not images.stop_gradient
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        kernel, = ctx.saved_tensor()
-        grad_images = None
-        if ctx.images_need_grad:
-            # [C, 1, k, k] turned by 180 degrees: the transposed conv of a stride-1 conv with padding k // 2
-            grad_images = F.conv2d(grad_out, kernel.flip([2, 3]), padding=kernel.shape[-1] // 2,
-                                   groups=kernel.shape[0])
-        return grad_out, grad_images
-
-
-def depthwise_conv(images, kernel):
-    """Depthwise k x k conv (stride 1, zero padding k // 2, k odd) of images [N, C, H, W] with a kernel [C, 1, k, k].
-
-    The same values and gradients as F.conv2d, with a faster input gradient: Paddle's CPU kernel for it is about
-    5x slower than the forward (first stage of T224, batch 8: 11 ms against 2.3 ms), while for this stride and
-    padding it is the forward conv of the output gradient with the kernel turned by 180 degrees. The kernel's
-    gradient stays Paddle's: the conv sees detached images, so Paddle computes only that one.
-    """
-    padding, channels = kernel.shape[-1] // 2, images.shape[1]
-    if images.stop_gradient or kernel.stop_gradient:
-        # at most one gradient (frozen layers): Paddle's own. The identity below needs `out` to come from the
-        # kernel's autograd; Paddle refuses a PyLayer that returns a leaf tensor it was given.
-        return F.conv2d(images, kernel, padding=padding, groups=channels)
-    out = F.conv2d(images.detach(), kernel, padding=padding, groups=channels)
-    return _DepthwiseInputGradient.apply(out, images, kernel.detach())
 
 
 @functools.lru_cache(maxsize=None)

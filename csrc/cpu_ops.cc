@@ -1,6 +1,7 @@
-// Elementwise CPU kernels for contiguous float32 tensors, each one pass over memory (Paddle's ops make one pass
-// per operation or more): the exact (erf) GELU and its gradient, and three inference-only fusions of the
-// operations that follow RepMLPNet's products (see cpu_ops.py). Built and called by cpu_ops.py.
+// CPU kernels for contiguous float32 tensors: elementwise ones, each one pass over memory (Paddle's ops make one
+// pass per operation or more): the exact (erf) GELU and its gradient, and three inference-only fusions of the
+// operations that follow RepMLPNet's products; and a depthwise conv with its gradients, map by map in the cache.
+// Built and called by cpu_ops.py.
 //
 // Threads: the loops run on the OpenMP threads of Intel's runtime (libiomp5), the one that Paddle's MKL uses, to
 // which cpu_ops.py links this library. Those threads are the ones spinning after each MKL product, so the loops
@@ -224,6 +225,98 @@ std::vector<paddle::Tensor> GatedAdd(const paddle::Tensor& residual, const paddl
   return {out};
 }
 
+// Depthwise k x k convolution, stride 1, zero padding k / 2 (k odd): images [N, C, H, W], kernel [C, 1, k, k].
+// Each map is small enough to stay in the L1/L2 cache while all k*k taps pass over it.
+namespace {
+
+struct DepthwiseShape {
+  int64_t maps, channels, height, width, size;
+};
+
+DepthwiseShape DepthwiseShapeOf(const paddle::Tensor& images, const paddle::Tensor& kernel) {
+  CheckInput(images, "depthwise_conv_cpu");
+  CheckInput(kernel, "depthwise_conv_cpu");
+  const auto& x = images.shape();
+  const auto& k = kernel.shape();
+  PD_CHECK(x.size() == 4 && k.size() == 4 && k[0] == x[1] && k[1] == 1 && k[2] == k[3] && k[2] % 2 == 1,
+           "depthwise_conv_cpu takes images [N, C, H, W] and a kernel [C, 1, k, k] with k odd");
+  return {x[0] * x[1], x[1], x[2], x[3], k[2]};
+}
+
+// out[m] = sum over taps of w[tap] * in[m] shifted by the tap (with the kernel turned by 180 degrees if `turned`)
+void DepthwiseForward(const DepthwiseShape& shape, const float* in_data, const float* kernel_data, bool turned,
+                      float* out_data) {
+  const int64_t height = shape.height, width = shape.width, size = shape.size, pad = size / 2;
+  ParallelFor(shape.maps, shape.maps * height * width * size, [&](int64_t map) {
+    const float* in = in_data + map * height * width;
+    const float* weights = kernel_data + (map % shape.channels) * size * size;
+    float* out = out_data + map * height * width;
+    std::fill(out, out + height * width, 0.0f);
+    for (int64_t tap = 0; tap < size * size; ++tap) {
+      const float weight = weights[turned ? size * size - 1 - tap : tap];
+      const int64_t dy = tap / size - pad, dx = tap % size - pad;
+      const int64_t x_begin = std::max<int64_t>(0, -dx), x_end = std::min(width, width - dx);
+      for (int64_t y = std::max<int64_t>(0, -dy); y < std::min(height, height - dy); ++y) {
+        const float* source = in + (y + dy) * width + dx;
+        float* target = out + y * width;
+#pragma omp simd
+        for (int64_t x = x_begin; x < x_end; ++x) {
+          target[x] += weight * source[x];
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+std::vector<paddle::Tensor> DepthwiseConv(const paddle::Tensor& images, const paddle::Tensor& kernel) {
+  const DepthwiseShape shape = DepthwiseShapeOf(images, kernel);
+  paddle::Tensor out = paddle::empty_like(images);
+  DepthwiseForward(shape, images.data<float>(), kernel.data<float>(), false, out.data<float>());
+  return {out};
+}
+
+// The images' gradient is the forward conv of the output's gradient with the kernel turned by 180 degrees; the
+// kernel's gradient sums, per tap, the output's gradient times the shifted images over every map of its channel
+// (in double, over rows summed in float).
+std::vector<paddle::Tensor> DepthwiseConvBackward(const paddle::Tensor& images, const paddle::Tensor& kernel,
+                                                  const paddle::Tensor& grad_out) {
+  const DepthwiseShape shape = DepthwiseShapeOf(images, kernel);
+  CheckInput(grad_out, "depthwise_conv_cpu");
+  paddle::Tensor grad_images = paddle::empty_like(images);
+  paddle::Tensor grad_kernel = paddle::empty_like(kernel);
+  DepthwiseForward(shape, grad_out.data<float>(), kernel.data<float>(), true, grad_images.data<float>());
+  const int64_t height = shape.height, width = shape.width, size = shape.size, pad = size / 2;
+  const int64_t images_per_channel = shape.maps / shape.channels;
+  const float *in_data = images.data<float>(), *grad_data = grad_out.data<float>();
+  float* result = grad_kernel.data<float>();
+  ParallelFor(shape.channels, shape.maps * height * width * size, [&](int64_t channel) {
+    for (int64_t tap = 0; tap < size * size; ++tap) {
+      const int64_t dy = tap / size - pad, dx = tap % size - pad;
+      const int64_t x_begin = std::max<int64_t>(0, -dx), x_end = std::min(width, width - dx);
+      double total = 0.0;
+      for (int64_t image = 0; image < images_per_channel; ++image) {
+        const int64_t map = image * shape.channels + channel;
+        const float* in = in_data + map * height * width;
+        const float* grad = grad_data + map * height * width;
+        for (int64_t y = std::max<int64_t>(0, -dy); y < std::min(height, height - dy); ++y) {
+          const float* source = in + (y + dy) * width + dx;
+          const float* target = grad + y * width;
+          float row = 0.0f;
+#pragma omp simd reduction(+ : row)
+          for (int64_t x = x_begin; x < x_end; ++x) {
+            row += target[x] * source[x];
+          }
+          total += row;
+        }
+      }
+      result[channel * size * size + tap] = static_cast<float>(total);
+    }
+  });
+  return {grad_images, grad_kernel};
+}
+
 PD_BUILD_OP(gelu_cpu).Inputs({"X"}).Outputs({"Out"}).SetKernelFn(PD_KERNEL(GeluForward));
 
 PD_BUILD_GRAD_OP(gelu_cpu)
@@ -247,3 +340,10 @@ PD_BUILD_OP(gated_add_cpu)
     .Inputs({"Residual", "X", "Gate", paddle::Optional("Bias")})
     .Outputs({"Out"})
     .SetKernelFn(PD_KERNEL(GatedAdd));
+
+PD_BUILD_OP(depthwise_conv_cpu).Inputs({"X", "Kernel"}).Outputs({"Out"}).SetKernelFn(PD_KERNEL(DepthwiseConv));
+
+PD_BUILD_GRAD_OP(depthwise_conv_cpu)
+    .Inputs({"X", "Kernel", paddle::Grad("Out")})
+    .Outputs({paddle::Grad("X"), paddle::Grad("Kernel")})
+    .SetKernelFn(PD_KERNEL(DepthwiseConvBackward));

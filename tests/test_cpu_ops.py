@@ -156,3 +156,22 @@ def test_an_unwritable_build_folder_warns_and_falls_back(monkeypatch, tmp_path):
     with pytest.warns(UserWarning, match='did not build'):
         output = cpu_ops.gelu(x)
     np.testing.assert_array_equal(output.numpy(), F.gelu(x).numpy())
+
+
+@pytest.mark.parametrize('kernel_size', [3, 5])
+@pytest.mark.parametrize('trainable', ['both', 'images', 'kernel'])
+@pytest.mark.parametrize('shape', [[2, 6, 9, 7], [1, 64, 40, 40]], ids=['small', 'threaded'])
+def test_depthwise_conv_matches_paddle_values_and_gradients(kernel_size, trainable, shape):
+    """Against F.conv2d's values and gradients, with either input frozen."""
+    images, kernel = paddle.randn(shape), paddle.randn([shape[1], 1, kernel_size, kernel_size])
+    images.stop_gradient = trainable == 'kernel'
+    kernel.stop_gradient = trainable == 'images'
+    weights = paddle.randn(shape)
+    expected = F.conv2d(images, kernel, padding=kernel_size // 2, groups=shape[1])
+    output = cpu_ops.depthwise_conv(images, kernel)
+    assert relative_error(output.numpy(), expected.numpy()) <= 1e-6
+    inputs = [t for t in (images, kernel) if not t.stop_gradient]
+    grads = paddle.grad([(output * weights).sum()], inputs)
+    expected_grads = paddle.grad([(expected * weights).sum()], inputs)
+    for grad, expected_grad in zip(grads, expected_grads):
+        assert relative_error(grad.numpy(), expected_grad.numpy()) <= 1e-6

@@ -10,7 +10,7 @@ import pytest
 
 from config import get_config
 from helpers import randomize_batchnorms, relative_error, tiny_config
-from repmlp import RepMLP, RepMLPBlock, RepMLPNet, build_repmlp, depthwise_conv
+from repmlp import RepMLP, RepMLPBlock, RepMLPNet, build_repmlp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', 'repmlp_*.yaml')))
@@ -87,24 +87,6 @@ def test_block_equals_official_grouped_conv_computation(sets, channels, training
     largest = max(float(g.abs().max()) for g in expected_grads)
     for param, grad, expected_grad in zip(params, grads, expected_grads):
         assert float((grad - expected_grad).abs().max()) <= 1e-4 * largest, param.name
-
-
-@pytest.mark.parametrize('kernel_size', [3, 5])
-@pytest.mark.parametrize('trainable', ['both', 'images', 'kernel'])
-def test_depthwise_conv_matches_paddle_values_and_gradients(kernel_size, trainable):
-    """depthwise_conv computes its input gradient itself: against F.conv2d's, with either input frozen."""
-    images, kernel = paddle.randn([2, 6, 9, 7]), paddle.randn([6, 1, kernel_size, kernel_size])
-    images.stop_gradient = trainable == 'kernel'
-    kernel.stop_gradient = trainable == 'images'
-    weights = paddle.randn([2, 6, 9, 7])
-    expected = F.conv2d(images, kernel, padding=kernel_size // 2, groups=6)
-    output = depthwise_conv(images, kernel)
-    assert relative_error(output.numpy(), expected.numpy()) <= 1e-6
-    inputs = [t for t in (images, kernel) if not t.stop_gradient]
-    grads = paddle.grad([(output * weights).sum()], inputs)
-    expected_grads = paddle.grad([(expected * weights).sum()], inputs)
-    for grad, expected_grad in zip(grads, expected_grads):
-        assert relative_error(grad.numpy(), expected_grad.numpy()) <= 1e-6
 
 
 def test_training_step_reaches_every_parameter(tmp_path):
