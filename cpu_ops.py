@@ -91,8 +91,8 @@ def _build():
 
 
 def kernels():
-    """The loaded C++ module (ops `gelu_cpu`, `batch_norm_gelu_cpu`, `batch_norm_add_cpu`, `gated_add_cpu`), or None
-    where it is not available."""
+    """The loaded C++ module (ops `gelu_cpu`, `batch_norm_gelu_cpu`, `batch_norm_add_cpu`, `gated_add_cpu`,
+    `depthwise_conv_cpu`), or None where it is not available."""
     if 'cpu_ops' not in _kernels:
         _kernels['cpu_ops'] = _build() if cpu_has_avx2() else None
     return _kernels['cpu_ops']
@@ -109,6 +109,7 @@ def _kernels_for(*tensors, inference=False):
 
 
 def _contiguous(x):
+    """x itself, or a contiguous copy of a strided view: the kernels read plain arrays."""
     return x if x.is_contiguous() else x.contiguous()
 
 
