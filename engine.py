@@ -25,6 +25,7 @@ import paddle
 import paddle.nn.functional as F
 from paddle import nn
 
+import cpu_ops
 import datasets
 import transforms
 import utils
@@ -91,6 +92,23 @@ def no_decay_names(model):
     return names
 
 
+class GlobalNormClip(nn.ClipGradByGlobalNorm):
+    """Paddle's ClipGradByGlobalNorm, with the norm from one pass of cpu_ops.global_norm and no multiply when the
+    norm is within the bound (Paddle multiplies by a factor of exactly 1 then): T224's gradients, 28 -> 4 ms a step
+    when not clipped. Gradients that the kernel does not take go through Paddle's own clipping."""
+
+    @paddle.no_grad()
+    def _dygraph_clip(self, params_grads):
+        clipped = [getattr(param, 'need_clip', True) and grad is not None for param, grad in params_grads]
+        norm = cpu_ops.global_norm([grad for (_, grad), clip in zip(params_grads, clipped) if clip])
+        if norm is None:
+            return super()._dygraph_clip(params_grads)
+        if norm <= self.clip_norm:
+            return params_grads
+        factor = self.clip_norm / norm
+        return [(param, grad * factor if clip else grad) for (param, grad), clip in zip(params_grads, clipped)]
+
+
 def build_optimizer(config, model, lr_scheduler):
     """AdamW on `model`'s trained parameters, decaying all but BN parameters and biases, with global-norm clipping.
 
@@ -101,7 +119,7 @@ def build_optimizer(config, model, lr_scheduler):
     train = config.TRAIN
     skipped = no_decay_names(model)
     decayed = {param.name for name, param in model.named_parameters() if name not in skipped}
-    clip = nn.ClipGradByGlobalNorm(train.GRAD_CLIP) if train.GRAD_CLIP > 0 else None
+    clip = GlobalNormClip(train.GRAD_CLIP) if train.GRAD_CLIP > 0 else None
     return paddle.optimizer.AdamW(
         learning_rate=lr_scheduler, parameters=utils.trained_parameters(model), beta1=train.OPTIMIZER.BETAS[0],
         beta2=train.OPTIMIZER.BETAS[1], epsilon=train.OPTIMIZER.EPS, weight_decay=train.WEIGHT_DECAY,

@@ -317,6 +317,41 @@ std::vector<paddle::Tensor> DepthwiseConvBackward(const paddle::Tensor& images, 
   return {grad_images, grad_kernel};
 }
 
+// The sum of the squares of every value of every tensor (gradients, for their global norm), in double: the values
+// in chunks of kChunk, each summed in float lanes and then added in double, the chunks split between the threads.
+std::vector<paddle::Tensor> SumOfSquares(const std::vector<paddle::Tensor>& tensors) {
+  struct Chunk {
+    const float* values;
+    int64_t size;
+  };
+  std::vector<Chunk> chunks;
+  int64_t total_values = 0;
+  for (const paddle::Tensor& tensor : tensors) {
+    CheckInput(tensor, "sum_of_squares_cpu");
+    const float* values = tensor.data<float>();
+    for (int64_t start = 0; start < tensor.numel(); start += kChunk) {
+      chunks.push_back({values + start, std::min(kChunk, tensor.numel() - start)});
+    }
+    total_values += tensor.numel();
+  }
+  std::vector<double> partial(chunks.size());
+  ParallelFor(static_cast<int64_t>(chunks.size()), total_values, [&](int64_t index) {
+    const float* values = chunks[index].values;
+    const int64_t size = chunks[index].size;
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t i = 0; i < size; ++i) {
+      sum += values[i] * values[i];
+    }
+    partial[index] = sum;
+  });
+  paddle::Tensor out = paddle::empty({1}, paddle::DataType::FLOAT64, paddle::CPUPlace());
+  double total = 0.0;
+  for (double value : partial) total += value;
+  *out.data<double>() = total;
+  return {out};
+}
+
 PD_BUILD_OP(gelu_cpu).Inputs({"X"}).Outputs({"Out"}).SetKernelFn(PD_KERNEL(GeluForward));
 
 PD_BUILD_GRAD_OP(gelu_cpu)
@@ -347,3 +382,8 @@ PD_BUILD_GRAD_OP(depthwise_conv_cpu)
     .Inputs({"X", "Kernel", paddle::Grad("Out")})
     .Outputs({paddle::Grad("X"), paddle::Grad("Kernel")})
     .SetKernelFn(PD_KERNEL(DepthwiseConvBackward));
+
+PD_BUILD_OP(sum_of_squares_cpu)
+    .Inputs({paddle::Vec("X")})
+    .Outputs({"Out"})
+    .SetKernelFn(PD_KERNEL(SumOfSquares));

@@ -260,3 +260,20 @@ def test_benchmark_train_times_both_fc3_forms(capsys):
         assert rate > 0 and peak > 0 and 0 < tensors < rss
         # one timed step: its fraction is its rate against the peak timed just before it
         assert fraction == pytest.approx(100 * rate * step_flops / 1e9 / peak, rel=0.01, abs=0.06)
+
+
+@pytest.mark.parametrize('bound', [0.01, 1e6], ids=['clipping', 'within-bound'])
+def test_global_norm_clip_steps_as_paddles_clip(bound):
+    """GlobalNormClip (one-pass norm, no multiply within the bound) against Paddle's ClipGradByGlobalNorm."""
+    def train(clip):
+        paddle.seed(0)
+        model = paddle.nn.Sequential(paddle.nn.Linear(64, 300), paddle.nn.ReLU(), paddle.nn.Linear(300, 10))
+        model[0].bias.need_clip = False  # excluded from the norm and from the clipping, as in Paddle
+        optimizer = paddle.optimizer.AdamW(parameters=model.parameters(), learning_rate=0.1, grad_clip=clip)
+        for _ in range(3):
+            (model(paddle.randn([16, 64])).square().mean() * 100).backward()
+            optimizer.step()
+            optimizer.clear_grad()
+        return np.concatenate([param.numpy().ravel() for param in model.parameters()])
+    expected = train(paddle.nn.ClipGradByGlobalNorm(bound))
+    np.testing.assert_allclose(train(engine.GlobalNormClip(bound)), expected, rtol=0, atol=1e-6)
