@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from draw_overview import HEIGHT, WIDTH, render_info
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-from draw_overview import HEIGHT, WIDTH, render_info  # noqa: E402
 
 COMMITTED = os.path.join(ROOT, 'docs', 'repmlpnet_overview.png')
 

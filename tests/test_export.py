@@ -7,11 +7,11 @@ import sys
 import numpy as np
 import paddle
 
+from export import create_predictor, onnx_session, predictor_run
 from helpers import randomize_batchnorms, relative_error, tiny_config
 from repmlp import build_repmlp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-from export import create_predictor, onnx_session, predictor_run  # noqa: E402
 
 
 def run_export(*args):

@@ -5,9 +5,9 @@ import os
 import pytest
 
 from config import get_config
+from model_info import describe
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-from model_info import describe  # noqa: E402
 
 
 @pytest.mark.parametrize('name, params, macs', [('repmlp_t_224', 38.3e6, 2.8e9), ('repmlp_b_224', 68.2e6, 6.7e9)])

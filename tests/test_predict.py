@@ -9,12 +9,12 @@ import numpy as np
 import paddle
 from PIL import Image
 
+from export import export
 from helpers import randomize_batchnorms, tiny_config
+from predict import imagenet_class_names
 from repmlp import build_repmlp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-from export import export  # noqa: E402
-from predict import imagenet_class_names  # noqa: E402
 
 NUM_CLASSES = 10
 

@@ -12,14 +12,14 @@ import pytest
 
 import datasets
 import engine
+import make_list_files
+import make_shapes_dataset
 import utils
 from config import ConfigError, build_arg_parser, get_config, update_config
 from helpers import randomize_batchnorms, relative_error, tiny_config
 from repmlp import build_repmlp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-import make_list_files  # noqa: E402
-import make_shapes_dataset  # noqa: E402
 
 LOGGER = logging.getLogger('test_transfer')
 NO_MIXUP = """AUG:
