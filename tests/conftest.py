@@ -12,3 +12,10 @@ import runtime  # noqa: E402,F401  (before paddle, as the entry points do)
 def pytest_configure(config):
     """Register the `slow` mark (whole training runs killed and resumed); `-m "not slow"` leaves them out."""
     config.addinivalue_line('markers', 'slow: whole runs killed and resumed (tests/test_faults_slow.py)')
+
+
+def pytest_sessionstart(session):
+    """Build (or load) the C++ CPU kernels once before any test: a test's subprocess that found them out of date
+    would otherwise spend the build's ~10 s inside a timed window (a kill at a logged step, a training run)."""
+    import cpu_ops
+    cpu_ops.kernels()
