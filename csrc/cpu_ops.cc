@@ -1,7 +1,7 @@
 // CPU kernels for contiguous float32 tensors: elementwise ones, each one pass over memory (Paddle's ops make one
 // pass per operation or more): the exact (erf) GELU and its gradient, and three inference-only fusions of the
-// operations that follow RepMLPNet's products; and a depthwise conv with its gradients, map by map in the cache.
-// Built and called by cpu_ops.py.
+// operations that follow RepMLPNet's products; a depthwise conv with its gradients, map by map in the cache; and the
+// sum of the squares of many tensors at once (gradient clipping). Built and called by cpu_ops.py.
 //
 // Threads: the loops run on the OpenMP threads of Intel's runtime (libiomp5), the one that Paddle's MKL uses, to
 // which cpu_ops.py links this library. Those threads are the ones spinning after each MKL product, so the loops
