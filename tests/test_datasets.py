@@ -2,6 +2,7 @@
 loader's contract, the demo data, tools/make_list_files.py and tools/check_dataset.py."""
 
 import filecmp
+import multiprocessing.pool
 import os
 
 import numpy as np
@@ -201,6 +202,20 @@ def test_check_dataset_passes_then_reports_problems(tree, capsys):
     out = capsys.readouterr().out
     assert 'img_1.jpg: file not found' in out and 'n02/img_0.jpg: cannot decode' in out
     assert 'val_list.txt line 10: label 7 is outside' in out and 'FAILED' in out
+
+
+def test_check_dataset_lets_its_workers_exit_before_the_pool_ends(tree, monkeypatch):
+    """The pool's terminate() would SIGTERM live workers, which inherit Paddle's signal handler: it allocates memory
+    and hangs forever when the signal lands inside malloc (a stress run of the tool hung within 15 calls)."""
+    terminate = multiprocessing.pool.Pool.terminate
+    alive_at_terminate = []
+
+    def checked_terminate(pool):
+        alive_at_terminate.extend(worker for worker in pool._pool if worker.is_alive())
+        terminate(pool)
+    monkeypatch.setattr(multiprocessing.pool.Pool, 'terminate', checked_terminate)
+    assert check_dataset.main(['-data_path', str(tree), '-opts', 'MODEL.NUM_CLASSES', '3', '-workers', '2']) == 0
+    assert not alive_at_terminate
 
 
 @pytest.mark.parametrize('key, value, message', [

@@ -75,6 +75,11 @@ def check_images(entries, workers, problems):
                 problems.append(f'{where}: {path}: {reason}')
             if done % 200 == 0 or done == len(entries):
                 progress(done, len(entries), start)
+        # Let the workers exit on their own: the pool's terminate() on leaving `with` sends SIGTERM, and the
+        # forked workers inherit Paddle's signal handler, which allocates memory and so hangs forever when the
+        # signal lands inside malloc (seen once in the test suite: a worker deadlocked on malloc's lock).
+        pool.close()
+        pool.join()
     sys.stderr.write('\n')
 
 
