@@ -120,17 +120,19 @@ def gelu(x):
     return module.gelu_cpu(_contiguous(x)) if module is not None else F.gelu(x)
 
 
-def _running_statistics(bn):
-    """(mean, variance, weight, bias) of a BatchNorm layer that normalises with its running statistics, else None."""
+def _batch_norm_kernels(bn, *tensors):
+    """(module, (mean, variance, weight, bias)) when the inference kernels can apply the BatchNorm layer `bn` with its
+    running statistics next to `tensors`, else (None, None)."""
     if bn.training or bn._use_global_stats is False or bn._data_format not in ('NCHW', 'NCL', 'NC'):
-        return None
-    return bn._mean, bn._variance, bn.weight, bn.bias
+        return None, None
+    statistics = (bn._mean, bn._variance, bn.weight, bn.bias)
+    module = _kernels_for(*tensors, *statistics, inference=True)
+    return (module, statistics) if module is not None else (None, None)
 
 
 def batch_norm_gelu(x, bn):
     """gelu(bn(x)) for x [N, C, ...] and a BatchNorm layer over its channels."""
-    statistics = _running_statistics(bn)
-    module = _kernels_for(x, *statistics, inference=True) if statistics is not None else None
+    module, statistics = _batch_norm_kernels(bn, x)
     if module is None:
         return gelu(bn(x))
     return module.batch_norm_gelu_cpu(_contiguous(x), *statistics, bn._epsilon)
@@ -138,8 +140,7 @@ def batch_norm_gelu(x, bn):
 
 def batch_norm_add(residual, x, bn):
     """residual + bn(x) for x and residual [N, C, ...] and a BatchNorm layer over their channels."""
-    statistics = _running_statistics(bn)
-    module = _kernels_for(residual, x, *statistics, inference=True) if statistics is not None else None
+    module, statistics = _batch_norm_kernels(bn, residual, x)
     if module is None:
         return residual + bn(x)
     return module.batch_norm_add_cpu(_contiguous(residual), _contiguous(x), *statistics, bn._epsilon)

@@ -53,6 +53,13 @@ void ParallelFor(int64_t tasks, int64_t values, const Body& body) {
   }
 }
 
+// body(begin, end) for the chunks of kChunk values of [0, size), split between the OpenMP threads
+template <typename Body>
+void ParallelChunks(int64_t size, const Body& body) {
+  ParallelFor((size + kChunk - 1) / kChunk, size,
+              [&](int64_t chunk) { body(chunk * kChunk, std::min(size, (chunk + 1) * kChunk)); });
+}
+
 // A tensor [N, C, ...] as N*C rows of `length` values each; row r belongs to channel r % C.
 struct Rows {
   int64_t count, length;
@@ -93,11 +100,9 @@ std::vector<paddle::Tensor> GeluForward(const paddle::Tensor& x) {
   paddle::Tensor out = paddle::empty_like(x);
   const float* in = x.data<float>();
   float* result = out.data<float>();
-  const int64_t size = x.numel();
-  ParallelFor((size + kChunk - 1) / kChunk, size, [&](int64_t chunk) {
-    const int64_t end = std::min(size, (chunk + 1) * kChunk);
+  ParallelChunks(x.numel(), [&](int64_t begin, int64_t end) {
 #pragma omp simd
-    for (int64_t i = chunk * kChunk; i < end; ++i) {
+    for (int64_t i = begin; i < end; ++i) {
       result[i] = Gelu(in[i]);
     }
   });
@@ -111,11 +116,9 @@ std::vector<paddle::Tensor> GeluBackward(const paddle::Tensor& x, const paddle::
   const float* in = x.data<float>();
   const float* grad = grad_out.data<float>();
   float* result = grad_x.data<float>();
-  const int64_t size = x.numel();
-  ParallelFor((size + kChunk - 1) / kChunk, size, [&](int64_t chunk) {
-    const int64_t end = std::min(size, (chunk + 1) * kChunk);
+  ParallelChunks(x.numel(), [&](int64_t begin, int64_t end) {
 #pragma omp simd
-    for (int64_t i = chunk * kChunk; i < end; ++i) {
+    for (int64_t i = begin; i < end; ++i) {
       result[i] = grad[i] * GeluDerivative(in[i]);
     }
   });
