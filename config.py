@@ -41,6 +41,9 @@ _C.DATA.SKIP_BAD_IMAGES = False  # training: log an unreadable image and use ano
 
 _C.AUG = CN()
 _C.AUG.RECIPE = 'paddlevit'  # training augmentation: 'paddlevit' (DeiT-style) or 'raug15' (official RepMLPNet)
+_C.AUG.CROP_SCALE = [0.08, 1.0]  # RandomResizedCrop: range of the crop's area, as a fraction of the image's
+_C.AUG.CROP_RATIO = [0.75, 1.3333333333333333]  # RandomResizedCrop: range of the crop's aspect (width / height)
+_C.AUG.FLIP_PROB = 0.5  # probability of a left-right mirror; 0 for digits, text and other images with a handedness
 _C.AUG.AUTO_AUGMENT = 'rand'  # paddlevit recipe: 'rand' (RandAugment), 'auto' (AutoAugment) or 'none' (ColorJitter)
 _C.AUG.RAND_MAGNITUDE = 9  # paddlevit RandAugment: mean magnitude (std 0.5) on the 0-10 scale
 _C.AUG.RAND_LAYERS = 2  # paddlevit RandAugment: operations drawn per image
@@ -73,6 +76,7 @@ _C.TRAIN = CN()
 _C.TRAIN.NUM_EPOCHS = 300  # length of the run and of the LR schedule
 _C.TRAIN.LAST_EPOCH = 0  # epochs already done by the PRETRAINED weights: training and the LR schedule start there
 _C.TRAIN.WARMUP_EPOCHS = 20  # linear warmup from WARMUP_START_LR to BASE_LR, then cosine down to END_LR
+_C.TRAIN.LR_SCHEDULE = 'paddlevit'  # the cosine: 'paddlevit' over the steps after warmup, 'official' over all (README)
 _C.TRAIN.BASE_LR = 1e-3  # peak LR for a global batch of LR_REFERENCE_BATCH; scaled linearly with the real one
 _C.TRAIN.WARMUP_START_LR = 1e-6  # LR of the first step, scaled like BASE_LR
 _C.TRAIN.END_LR = 1e-5  # LR that the cosine reaches at the last step, scaled like BASE_LR
@@ -105,6 +109,7 @@ DATASETS = ('imagenet2012', 'demo')
 INTERPOLATIONS = ('bilinear', 'bicubic', 'lanczos', 'nearest')
 RESIZE_MODES = ('shorter', 'square')
 AUG_RECIPES = ('paddlevit', 'raug15')
+LR_SCHEDULES = ('paddlevit', 'official')
 AUTO_AUGMENTS = ('rand', 'auto', 'none')
 AMP_DTYPES = ('float16', 'bfloat16')
 AMP_LEVELS = ('O1', 'O2')
@@ -251,6 +256,15 @@ def _validate_aug(aug):
     for key in ('RE_PROB', 'MIXUP_PROB', 'MIXUP_SWITCH_PROB'):
         if not 0 <= aug[key] <= 1:
             raise ConfigError(f'AUG.{key} must be a probability in [0, 1], got {aug[key]}')
+    for key in ('CROP_SCALE', 'CROP_RATIO'):
+        low_high = list(aug[key])
+        if len(low_high) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in low_high) \
+                or not 0 < low_high[0] <= low_high[1]:
+            raise ConfigError(f'AUG.{key} must be two numbers 0 < low <= high, got {low_high}')
+    if aug.CROP_SCALE[1] > 1:
+        raise ConfigError(f'AUG.CROP_SCALE must be fractions of the image in (0, 1], got {list(aug.CROP_SCALE)}')
+    if not 0 <= aug.FLIP_PROB <= 1:
+        raise ConfigError(f'AUG.FLIP_PROB must be a probability in [0, 1], got {aug.FLIP_PROB}')
     if not 0 <= aug.SMOOTHING < 1:
         raise ConfigError(f'AUG.SMOOTHING must be in [0, 1), got {aug.SMOOTHING}')
 
@@ -270,6 +284,7 @@ def _validate_run(config):
     for key, value in not_negative.items():
         if value < 0:
             raise ConfigError(f'{key} must be 0 or more, got {value}')
+    _validate_choice('TRAIN', train, 'LR_SCHEDULE', LR_SCHEDULES)
     if train.WARMUP_EPOCHS > train.NUM_EPOCHS:
         raise ConfigError(f'TRAIN.WARMUP_EPOCHS={train.WARMUP_EPOCHS} is more than TRAIN.NUM_EPOCHS={train.NUM_EPOCHS}')
     if not 0 <= train.LAST_EPOCH < train.NUM_EPOCHS:

@@ -215,9 +215,10 @@ def read_class_names(data_path):
 class TrainBatchSampler(BatchSampler):
     """Shuffled batches of this rank's share of the dataset; the same permutation on every rank.
 
-    Each epoch shuffles with the seed `seed + epoch` (call `set_epoch(epoch)` before iterating), deals the
-    permutation out to the ranks in turn (the last len % world_size indices are left out so that every rank
-    has the same share), and drops the last partial batch, so that every rank runs the same number of steps.
+    Each epoch shuffles with a generator seeded by (`seed`, epoch) (call `set_epoch(epoch)` before iterating), so
+    that runs of different seeds share no epoch's order. The permutation is dealt out to the ranks in turn (the
+    last len % world_size indices are left out so that every rank has the same share), and the last partial
+    batch is dropped, so that every rank runs the same number of steps.
     """
 
     def __init__(self, dataset_size, batch_size, rank=0, world_size=1, seed=0):
@@ -240,7 +241,7 @@ class TrainBatchSampler(BatchSampler):
         self.epoch = epoch
 
     def __iter__(self):
-        order = np.random.RandomState(self.seed + self.epoch).permutation(self.dataset_size)
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.dataset_size)
         mine = order[:self.per_rank() * self.world_size][self.rank::self.world_size]
         for start in range(0, len(mine) - self.batch_size + 1, self.batch_size):
             yield mine[start:start + self.batch_size].tolist()
@@ -279,7 +280,7 @@ def get_dataloader(config, dataset, is_train, distributed):
     if distributed:
         rank, world_size = paddle.distributed.get_rank(), paddle.distributed.get_world_size()
     if is_train:
-        sampler = TrainBatchSampler(len(dataset), config.DATA.BATCH_SIZE, rank, world_size)
+        sampler = TrainBatchSampler(len(dataset), config.DATA.BATCH_SIZE, rank, world_size, seed=config.SEED)
     else:
         sampler = EvalBatchSampler(len(dataset), config.DATA.BATCH_SIZE_EVAL, rank, world_size)
     return FaultAwareDataLoader(dataset, batch_sampler=sampler, num_workers=config.DATA.NUM_WORKERS,

@@ -54,9 +54,15 @@ def learning_rates(config, world_size):
             'warmup_start_lr': train.WARMUP_START_LR * scale, 'end_lr': train.END_LR * scale}
 
 
+def half_cosine(start, end, progress):
+    """The value `progress` (0 to 1) of the way along a half cosine from `start` down to `end`."""
+    return end + 0.5 * (start - end) * (1.0 + math.cos(math.pi * progress))
+
+
 class WarmupCosineLR(paddle.optimizer.lr.LRScheduler):
-    """Linear warmup from `warmup_start_lr` to `base_lr` over `warmup_steps`, then a half cosine from `base_lr`
-    down to `end_lr` at `total_steps`. One step is one optimizer update; `last_epoch` counts updates.
+    """PaddleViT's shape ('paddlevit'): linear warmup from `warmup_start_lr` to `base_lr` over `warmup_steps`, then
+    a half cosine from `base_lr` down to `end_lr` over the steps after warmup (LinearWarmup into
+    CosineAnnealingDecay with T_max = NUM_EPOCHS - WARMUP_EPOCHS). `last_epoch` counts optimizer updates.
     """
 
     def __init__(self, base_lr, warmup_start_lr, end_lr, warmup_steps, total_steps, last_epoch=-1):
@@ -70,16 +76,48 @@ class WarmupCosineLR(paddle.optimizer.lr.LRScheduler):
         if step < self.warmup_steps:
             return self.warmup_start_lr + (self.base_lr - self.warmup_start_lr) * step / self.warmup_steps
         progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
-        return self.end_lr + 0.5 * (self.base_lr - self.end_lr) * (1.0 + math.cos(math.pi * progress))
+        return half_cosine(self.base_lr, self.end_lr, progress)
+
+
+class OfficialCosineLR(paddle.optimizer.lr.LRScheduler):
+    """The official training code's schedule ('official'), as DingXiaoH/RepMLP's main_repmlp.py applies it.
+
+    Its lr_scheduler.py builds timm's CosineLRScheduler (t_in_epochs=False, no warmup prefix) over batches t:
+    linear warmup from `warmup_start_lr` for the first warmup batches, then the half cosine at t / (all batches)
+    of the whole run, so the first value after warmup is already below `base_lr` (0.9755 x at 10 of 100 epochs).
+    main_repmlp.py sets the LR with `step_update(t)` after the update at batch t: update n uses the value of the
+    batch of update n - 1, and update 0 the LR set at construction (the warmup start). `last_epoch` counts
+    updates, `accum_iter` batches make one update.
+    """
+
+    def __init__(self, base_lr, warmup_start_lr, end_lr, warmup_steps, total_steps, accum_iter=1, last_epoch=-1):
+        self.warmup_start_lr, self.end_lr = warmup_start_lr, end_lr
+        self.accum_iter = accum_iter
+        self.warmup_batches, self.total_batches = warmup_steps * accum_iter, total_steps * accum_iter
+        super().__init__(learning_rate=base_lr, last_epoch=last_epoch)
+
+    def get_lr(self):
+        """The LR of update number `self.last_epoch`."""
+        if self.last_epoch == 0:
+            return self.warmup_start_lr if self.warmup_batches else self.base_lr
+        batch = self.last_epoch * self.accum_iter - 1  # the batch of the previous update
+        if batch < self.warmup_batches:
+            return self.warmup_start_lr + batch * (self.base_lr - self.warmup_start_lr) / self.warmup_batches
+        if batch >= self.total_batches:
+            return self.end_lr
+        return half_cosine(self.base_lr, self.end_lr, batch / self.total_batches)
 
 
 def build_lr_scheduler(config, lrs, steps_per_epoch):
-    """The per-iteration schedule for `lrs` (from `learning_rates`), placed after TRAIN.LAST_EPOCH epochs."""
+    """The per-update schedule TRAIN.LR_SCHEDULE for `lrs` (from `learning_rates`), placed after TRAIN.LAST_EPOCH
+    epochs. `steps_per_epoch` counts optimizer updates (batches // ACCUM_ITER)."""
     train = config.TRAIN
-    return WarmupCosineLR(lrs['base_lr'], lrs['warmup_start_lr'], lrs['end_lr'],
-                          warmup_steps=train.WARMUP_EPOCHS * steps_per_epoch,
-                          total_steps=train.NUM_EPOCHS * steps_per_epoch,
-                          last_epoch=train.LAST_EPOCH * steps_per_epoch - 1)
+    steps = {'warmup_steps': train.WARMUP_EPOCHS * steps_per_epoch, 'total_steps': train.NUM_EPOCHS * steps_per_epoch,
+             'last_epoch': train.LAST_EPOCH * steps_per_epoch - 1}
+    if train.LR_SCHEDULE == 'official':
+        return OfficialCosineLR(lrs['base_lr'], lrs['warmup_start_lr'], lrs['end_lr'], accum_iter=train.ACCUM_ITER,
+                                **steps)
+    return WarmupCosineLR(lrs['base_lr'], lrs['warmup_start_lr'], lrs['end_lr'], **steps)
 
 
 def no_decay_names(model):
@@ -236,7 +274,7 @@ class Trainer:
     model: nn.Layer
     raw_model: nn.Layer
     optimizer: paddle.optimizer.Optimizer
-    lr_scheduler: WarmupCosineLR
+    lr_scheduler: paddle.optimizer.lr.LRScheduler
     scaler: paddle.amp.GradScaler
     ema: ModelEma
     mixup: object

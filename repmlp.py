@@ -182,6 +182,27 @@ def spatial_mean(x):
     return paddle.matmul(x.reshape([-1, height * width]), column).reshape([-1, channels])
 
 
+@paddle.no_grad()
+def init_like_pytorch(layer):
+    """PyTorch's default initialisation of a Conv2D or Linear `layer`, which the official model keeps everywhere.
+
+    kaiming_uniform_(a=sqrt(5)) is uniform in +-1/sqrt(fan_in), and so is the bias; fan_in counts the inputs of
+    one output: in_channels / groups * k * k for a conv (Paddle's own default ignores the groups), in_features for
+    a Linear (Paddle's is Xavier). Drawn from Paddle's generator, so paddle.seed fixes it. BNs keep weight 1 and
+    bias 0, the same in both frameworks.
+    """
+    if isinstance(layer, nn.Conv2D):
+        fan_in = math.prod(layer.weight.shape[1:])  # [out, in / groups, k, k]
+    elif isinstance(layer, nn.Linear):
+        fan_in = layer.weight.shape[0]  # [in, out]
+    else:
+        return
+    bound = fan_in ** -0.5
+    for param in (layer.weight, layer.bias):
+        if param is not None:
+            nn.initializer.Uniform(-bound, bound)(param)
+
+
 class GlobalPerceptron(nn.Layer):
     """Squeeze-and-excitation style channel gate: pool, fc1, ReLU, fc2, sigmoid -> [N, C, 1, 1]."""
 
@@ -209,7 +230,7 @@ class PartitionFC(nn.Layer):
         self.num_sharesets = num_sharesets
         self.area = area
         size = num_sharesets * area
-        # PyTorch's default for a conv with fan-in h*w: uniform in +-1/sqrt(h*w), weight and bias alike
+        # PyTorch's default for a grouped conv with fan-in h*w (see init_like_pytorch)
         init = nn.initializer.Uniform(-area ** -0.5, area ** -0.5)
         self.weight = self.create_parameter([size, area, 1, 1], default_initializer=init)
         self.bias = self.create_parameter([size], is_bias=True, default_initializer=init) if bias else None
@@ -445,6 +466,7 @@ class RepMLPNet(nn.Layer):
             conv_bn_relu(channels[i], channels[i + 1], 2, stride=2) for i in range(len(num_blocks) - 1)])
         self.head_norm = nn.BatchNorm2D(channels[-1])
         self.head = nn.Linear(channels[-1], num_classes)
+        self.apply(init_like_pytorch)
 
     def forward_features(self, x, out_indices=(0, 1, 2, 3)):
         """Outputs of the stages in `out_indices`, for use as a backbone.

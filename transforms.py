@@ -7,11 +7,14 @@ moves a quarter of the bytes through its workers' shared memory and the workers 
 - Eval: resize (the shorter side to floor(IMAGE_SIZE / CROP_PCT), or squash to that square) with PIL's
   antialiased filter, then center-crop IMAGE_SIZE. This is how PaddleViT and the official test script
   prepared the images that the published accuracies were measured on.
-- Train, recipe 'paddlevit' (PaddleViT's DeiT-style transforms): RandomResizedCrop (bicubic, scale 0.08-1),
-  horizontal flip, then RandAugment (rand-m9-mstd0.5-inc1, 2 layers), AutoAugment (the paper's ImageNet
-  policy) or ColorJitter, then random erasing (pixel mode).
+- Train, recipe 'paddlevit' (PaddleViT's DeiT-style transforms): RandomResizedCrop (bicubic), horizontal flip,
+  then RandAugment (rand-m9-mstd0.5-inc1, 2 layers), AutoAugment (the paper's ImageNet policy) or ColorJitter,
+  then random erasing (pixel mode).
 - Train, recipe 'raug15' (the official RepMLPNet training): RandomResizedCrop (bilinear), flip, then two
-  operations drawn from sixteen, each at a magnitude drawn from 0-14 on the 0-10 scale, fill grey 128.
+  operations drawn from sixteen, each at a magnitude drawn from 0-14 on the 0-10 scale, fill grey 128
+  (Cutout paints CUTOUT_FILL).
+- Both recipes crop with AUG.CROP_SCALE and AUG.CROP_RATIO (torchvision's 0.08-1 and 3/4-4/3 by default) and
+  flip with probability AUG.FLIP_PROB (0.5).
 - Mixup/CutMix: on device batches, one mixing per batch, label smoothing in the soft targets.
 """
 
@@ -25,9 +28,8 @@ from PIL import Image, ImageEnhance, ImageOps
 
 PIL_FILTERS = {'nearest': Image.NEAREST, 'bilinear': Image.BILINEAR, 'bicubic': Image.BICUBIC,
                'lanczos': Image.LANCZOS}
-RRC_SCALE = (0.08, 1.0)  # RandomResizedCrop's range of crop area, as a fraction of the image
-RRC_RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop's range of crop aspect ratio (width / height)
 FILL = (128, 128, 128)  # the grey that geometric operations leave where the image moved away
+CUTOUT_FILL = (125, 122, 113)  # the colour the official cutout.py paints (its geometric operations fill 128)
 LEVEL_DENOM = 10  # magnitudes are on a 0-10 scale, as in the AutoAugment and RandAugment papers
 RAUG15_MAGNITUDES = 15  # 'raug15' draws each operation's magnitude from range(15)
 RAUG15_LAYERS = 2  # 'raug15' applies two operations per image
@@ -79,7 +81,7 @@ class EvalTransform:
         return np.ascontiguousarray(array.transpose(2, 0, 1))
 
 
-def random_resized_crop_box(width, height, scale=RRC_SCALE, ratio=RRC_RATIO):
+def random_resized_crop_box(width, height, scale, ratio):
     """A random (left, top, right, bottom) box with area in `scale` and aspect in `ratio` (Inception crop).
 
     Ten tries at a random box, then the largest centered box whose aspect ratio is within `ratio`.
@@ -106,19 +108,19 @@ def random_resized_crop_box(width, height, scale=RRC_SCALE, ratio=RRC_RATIO):
     return left, top, left + w, top + h
 
 
-def random_resized_crop(image, size, resample):
+def random_resized_crop(image, size, resample, scale, ratio):
     """Crop a random box (see `random_resized_crop_box`) and resize it to size x size in one PIL call.
 
     Resizing straight from the box skips a copy of the crop; the filter may read the few pixels just
     outside the box instead of repeating its edge, which only matters as much as the box's random position.
     """
-    box = random_resized_crop_box(*image.size)
+    box = random_resized_crop_box(*image.size, scale, ratio)
     return image.resize((size, size), resample, box=box)
 
 
-def random_flip(image):
-    """Mirror left-right with probability 0.5."""
-    return image.transpose(Image.FLIP_LEFT_RIGHT) if random.random() < 0.5 else image
+def random_flip(image, prob):
+    """Mirror left-right with probability `prob`."""
+    return image.transpose(Image.FLIP_LEFT_RIGHT) if random.random() < prob else image
 
 
 # ---- operations of AutoAugment / RandAugment: each is op(image, argument, resample) -> image ----
@@ -223,13 +225,13 @@ def enhance_sharpness(image, factor, _):
 
 
 def cutout(image, side, _):
-    """Paint a grey square of `side` pixels centred at a uniform random point (clipped at the borders)."""
+    """Paint a CUTOUT_FILL square of `side` pixels centred at a uniform random point (clipped at the borders)."""
     width, height = image.size
     cx, cy = random.randrange(width), random.randrange(height)
     half = int(side) // 2
     box = (max(0, cx - half), max(0, cy - half), min(width, cx + half), min(height, cy + half))
     image = image.copy()
-    image.paste(FILL, box)
+    image.paste(CUTOUT_FILL, box)
     return image
 
 
@@ -475,16 +477,20 @@ class RandomErasing:
 
 
 class TrainTransform:
-    """Random resized crop, flip, then the recipe's PIL augmentation; CHW uint8, then optional erasing."""
+    """Random resized crop (AUG.CROP_SCALE, AUG.CROP_RATIO), flip (AUG.FLIP_PROB), then the recipe's PIL
+    augmentation; CHW uint8, then optional erasing."""
 
-    def __init__(self, image_size, resample, augment=None, erasing=None):
+    def __init__(self, image_size, resample, aug, augment=None, erasing=None):
         self.image_size = image_size
         self.resample = resample
+        self.crop_scale, self.crop_ratio = tuple(aug.CROP_SCALE), tuple(aug.CROP_RATIO)
+        self.flip_prob = aug.FLIP_PROB
         self.augment = augment
         self.erasing = erasing
 
     def __call__(self, image):
-        image = random_flip(random_resized_crop(image, self.image_size, self.resample))
+        image = random_resized_crop(image, self.image_size, self.resample, self.crop_scale, self.crop_ratio)
+        image = random_flip(image, self.flip_prob)
         if self.augment is not None:
             image = self.augment(image)
         chw = to_chw(image)
@@ -505,9 +511,9 @@ def build_transform(config, is_train):
     if not is_train:
         return EvalTransform(data.IMAGE_SIZE, data.CROP_PCT, data.INTERPOLATION, data.RESIZE_MODE)
     if aug.RECIPE == 'raug15':
-        return TrainTransform(data.IMAGE_SIZE, Image.BILINEAR, Raug15())
+        return TrainTransform(data.IMAGE_SIZE, Image.BILINEAR, aug, Raug15())
     erasing = RandomErasing(aug.RE_PROB, data.IMAGENET_MEAN, data.IMAGENET_STD) if aug.RE_PROB > 0 else None
-    return TrainTransform(data.IMAGE_SIZE, Image.BICUBIC, _paddlevit_augment(aug), erasing)
+    return TrainTransform(data.IMAGE_SIZE, Image.BICUBIC, aug, _paddlevit_augment(aug), erasing)
 
 
 def normalize(images, config):

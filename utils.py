@@ -387,35 +387,44 @@ def plot_training_curves(log_path, png_path):
         epochs = [json.loads(line) for line in file if line.strip()]
     panels = [('loss', [('train_loss', (31, 119, 180)), ('val_loss', (255, 127, 14))]),
               ('top-1 accuracy', [('val_acc1', (44, 160, 44)), ('ema_acc1', (214, 39, 40))])]
+    save_line_charts(epochs, 'epoch', panels, png_path)
+
+
+def save_line_charts(rows, x_key, panels, png_path):
+    """Draw `panels` [(title, [(key, colour)])] side by side against `x_key` of `rows` (dicts) as a PNG, atomically.
+
+    A row without a key leaves a gap in that line; points are marked while there are few enough to see.
+    """
     width, height, margin = 480, 320, 48
     image = Image.new('RGB', (width * len(panels), height), 'white')
     draw = ImageDraw.Draw(image)
     for index, (title, series) in enumerate(panels):
-        _draw_panel(draw, epochs, title, series, (index * width + margin, margin, (index + 1) * width - 16,
-                                                  height - margin))
+        _draw_panel(draw, rows, x_key, title, series, (index * width + margin, margin, (index + 1) * width - 16,
+                                                       height - margin))
     temporary = f'{png_path}.tmp{os.getpid()}.png'
     image.save(temporary)
     os.replace(temporary, png_path)
 
 
-def _draw_panel(draw, epochs, title, series, box):
-    """One chart of `series` [(log key, colour)] against the epoch inside `box` (left, top, right, bottom)."""
+def _draw_panel(draw, rows, x_key, title, series, box):
+    """One chart of `series` [(key, colour)] against `x_key` inside `box` (left, top, right, bottom)."""
     left, top, right, bottom = box
-    points = {key: [(e['epoch'], e[key]) for e in epochs if key in e] for key, _ in series}
+    points = {key: [(row[x_key], row[key]) for row in rows if key in row] for key, _ in series}
     values = [v for pts in points.values() for _, v in pts]
     if not values:
         return
     low, high = min(values), max(values)
     high = high if high > low else low + 1.0
-    first, last = epochs[0]['epoch'], max(epochs[-1]['epoch'], epochs[0]['epoch'] + 1)
+    first, last = rows[0][x_key], max(rows[-1][x_key], rows[0][x_key] + 1)
 
-    def to_xy(epoch, value):
-        return (left + (epoch - first) / (last - first) * (right - left),
+    def to_xy(x, value):
+        return (left + (x - first) / (last - first) * (right - left),
                 bottom - (value - low) / (high - low) * (bottom - top))
 
     draw.rectangle(box, outline=(160, 160, 160))
-    draw.text((left, bottom + 6), f'epoch {first}', fill='black')
-    draw.text((right - 60, bottom + 6), f'epoch {last}', fill='black')
+    draw.text((left, bottom + 6), f'{x_key} {first:.4g}', fill='black')
+    last_label = f'{x_key} {last:.4g}'
+    draw.text((right - draw.textlength(last_label), bottom + 6), last_label, fill='black')
     draw.text((left - 44, top), f'{high:.3g}', fill='black')
     draw.text((left - 44, bottom - 10), f'{low:.3g}', fill='black')
     draw.text((left, top - 40), title, fill='black')  # title and legend above the frame, clear of the lines
@@ -423,10 +432,11 @@ def _draw_panel(draw, epochs, title, series, box):
     for key, colour in series:
         if not points[key]:
             continue
-        xy = [to_xy(epoch, value) for epoch, value in points[key]]
+        xy = [to_xy(x, value) for x, value in points[key]]
         if len(xy) > 1:
             draw.line(xy, fill=colour, width=2)
-        for x, y in xy:
-            draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=colour)
+        if len(xy) <= (right - left) // 4:
+            for x, y in xy:
+                draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=colour)
         draw.text((legend_x, top - 24), key, fill=colour)
         legend_x += draw.textlength(key) + 12

@@ -162,6 +162,26 @@ def test_train_sampler_shards_shuffles_and_drops_last(size, world_size):
     assert [i for b in again for i in b] == orders[1][:len(orders[1]) // world_size]
 
 
+def test_train_sampler_order_follows_the_seed():
+    def first_epoch(seed):
+        return [i for batch in TrainBatchSampler(100, 10, seed=seed) for i in batch]
+    assert first_epoch(1) == first_epoch(1) != first_epoch(2)
+    shifted = TrainBatchSampler(100, 10, seed=0)
+    shifted.set_epoch(1)
+    assert first_epoch(1) != [i for batch in shifted for i in batch]  # seed 1 is not seed 0 one epoch later
+
+
+def test_loader_takes_its_shuffle_seed_from_the_config(tree):
+    orders = []
+    for seed in (0, 0, 5):
+        config = make_config(tree)
+        config.SEED = seed
+        loader = datasets.get_dataloader(config, datasets.get_dataset(config, is_train=True), is_train=True,
+                                         distributed=False)
+        orders.append(list(loader.batch_sampler))
+    assert orders[0] == orders[1] != orders[2]
+
+
 def test_train_sampler_too_few_images_is_an_error():
     with pytest.raises(DatasetError, match='DATA.BATCH_SIZE=8'):
         TrainBatchSampler(10, 8, 0, 2)
@@ -227,6 +247,10 @@ def test_check_dataset_lets_its_workers_exit_before_the_pool_ends(tree, monkeypa
     ('AUG.RECIPE', 'deit', 'AUG.RECIPE'),
     ('AUG.RE_PROB', 1.5, 'AUG.RE_PROB must be a probability'),
     ('AUG.SMOOTHING', 1.0, 'AUG.SMOOTHING'),
+    ('AUG.CROP_SCALE', [0.5, 1.5], 'AUG.CROP_SCALE must be fractions of the image'),
+    ('AUG.CROP_RATIO', [2.0, 1.0], 'AUG.CROP_RATIO must be two numbers 0 < low <= high'),
+    ('AUG.FLIP_PROB', -0.1, 'AUG.FLIP_PROB must be a probability'),
+    ('TRAIN.LR_SCHEDULE', 'step', "TRAIN.LR_SCHEDULE is 'step'"),
 ])
 def test_bad_data_and_aug_values_name_the_key(key, value, message):
     from config import ConfigError, build_arg_parser, update_config

@@ -130,10 +130,54 @@ def test_recipes_have_the_published_operations():
 def test_random_resized_crop_box_limits():
     random.seed(0)
     for _ in range(500):
-        left, top, right, bottom = transforms.random_resized_crop_box(500, 375)
+        left, top, right, bottom = transforms.random_resized_crop_box(500, 375, (0.08, 1.0), (3 / 4, 4 / 3))
         assert 0 <= left < right <= 500 and 0 <= top < bottom <= 375
         area = (right - left) * (bottom - top) / (500 * 375)
         assert 0.07 <= area <= 1.0
+
+
+def train_transform_config(**aug):
+    config = make_config(IMAGE_SIZE=32)
+    for key, value in aug.items():
+        config.AUG[key] = value
+    return config
+
+
+def test_crop_scale_and_ratio_keys_bound_every_box():
+    """AUG.CROP_SCALE [0.5, 0.6] and CROP_RATIO [1, 1]: square boxes of 50-60% of the area (rounded to pixels)."""
+    config = train_transform_config(CROP_SCALE=[0.5, 0.6], CROP_RATIO=[1.0, 1.0])
+    transform = transforms.build_transform(config, is_train=True)
+    random.seed(0)
+    for _ in range(300):
+        left, top, right, bottom = transforms.random_resized_crop_box(400, 300, transform.crop_scale,
+                                                                      transform.crop_ratio)
+        width, height = right - left, bottom - top
+        assert abs(width - height) <= 1
+        assert 0.5 - 0.01 <= width * height / (400 * 300) <= 0.6 + 0.01
+
+
+@pytest.mark.parametrize('flip_prob, expected', [(0.0, 0), (1.0, 200), (0.5, 100)])
+def test_flip_probability_key(flip_prob, expected):
+    """A left-right ramp keeps its direction unless flipped; the crop is the whole image (scale and ratio 1)."""
+    config = train_transform_config(RECIPE='paddlevit', AUTO_AUGMENT='none', COLOR_JITTER=0.0, RE_PROB=0.0,
+                                    CROP_SCALE=[1.0, 1.0], CROP_RATIO=[1.0, 1.0], FLIP_PROB=flip_prob)
+    transform = transforms.build_transform(config, is_train=True)
+    ramp = np.tile(np.linspace(0, 255, 32).astype(np.uint8)[None, :, None], (32, 1, 3))
+    random.seed(0)
+    flipped = sum(int(transform(Image.fromarray(ramp))[0, 0, 0] > 128) for _ in range(200))
+    assert abs(flipped - expected) <= 25
+
+
+def test_cutout_paints_the_official_colour():
+    """The official cutout.py paints (125, 122, 113) over a square of `side` pixels around a random centre."""
+    image = Image.new('RGB', (64, 48), (0, 0, 0))
+    random.seed(3)
+    out = np.asarray(transforms.cutout(image, 20, None))
+    painted = np.all(out == (125, 122, 113), axis=2)
+    rows, cols = np.nonzero(painted)
+    assert painted.sum() == (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)  # one rectangle
+    assert rows.max() - rows.min() + 1 <= 20 and cols.max() - cols.min() + 1 <= 20
+    assert np.all(out[~painted] == 0)
 
 
 def test_random_erasing_fills_a_box_with_noise_around_the_mean():

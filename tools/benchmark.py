@@ -149,7 +149,7 @@ def paddlevit_transform(config, is_train):
         resize = transforms.eval_resize_size(data.IMAGE_SIZE, data.CROP_PCT)
         return T.Compose([T.Resize(resize, 'bilinear'), T.CenterCrop(data.IMAGE_SIZE)] + normalize)
     rand_augment = transforms.RandAugment(config.AUG.RAND_MAGNITUDE, config.AUG.RAND_LAYERS)
-    return T.Compose([T.RandomResizedCrop(data.IMAGE_SIZE, scale=transforms.RRC_SCALE, interpolation='bicubic'),
+    return T.Compose([T.RandomResizedCrop(data.IMAGE_SIZE, scale=tuple(config.AUG.CROP_SCALE), interpolation='bicubic'),
                       T.RandomHorizontalFlip(), rand_augment] + normalize
                      + [PaddleVitRandomErasing(config.AUG.RE_PROB)])
 
