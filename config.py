@@ -101,6 +101,7 @@ _C.REPORT_FREQ = 20  # iterations between progress lines
 _C.VALIDATE_FREQ = 1  # epochs between evaluations during training; the last epoch is always evaluated
 _C.SAVE_FREQ = 1  # epochs between checkpoints; the last epoch is always saved
 _C.KEEP_LAST = 3  # epoch checkpoints kept in SAVE (older ones are deleted); best.pdparams is kept apart
+_C.DIST_TIMEOUT = 600  # seconds an NCCL collective waits for the other ranks before the job stops (gloo: 30, fixed)
 
 MODEL_TYPES = ('RepMLP', 'RepMLPNet')
 PATCH_SIZE = 4  # stride of the stem; each later stage halves the map again
@@ -274,7 +275,8 @@ def _validate_run(config):
     train = config.TRAIN
     positive = {'TRAIN.NUM_EPOCHS': train.NUM_EPOCHS, 'TRAIN.ACCUM_ITER': train.ACCUM_ITER,
                 'TRAIN.LR_REFERENCE_BATCH': train.LR_REFERENCE_BATCH, 'REPORT_FREQ': config.REPORT_FREQ,
-                'VALIDATE_FREQ': config.VALIDATE_FREQ, 'SAVE_FREQ': config.SAVE_FREQ, 'KEEP_LAST': config.KEEP_LAST}
+                'VALIDATE_FREQ': config.VALIDATE_FREQ, 'SAVE_FREQ': config.SAVE_FREQ, 'KEEP_LAST': config.KEEP_LAST,
+                'DIST_TIMEOUT': config.DIST_TIMEOUT}
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f'{key} must be positive, got {value}')

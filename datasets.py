@@ -17,6 +17,7 @@ import tempfile
 import threading
 
 import numpy as np
+import runtime  # before paddle: CPU threads, MKL path, stop signals
 import paddle
 from paddle.io import BatchSampler, DataLoader, Dataset
 from PIL import Image, ImageDraw, ImageFilter
@@ -41,19 +42,25 @@ def read_list_file(list_file, num_classes):
     if not os.path.isfile(list_file):
         raise DatasetError(f'{list_file}: list file not found; DATA.DATA_PATH must hold train_list.txt and '
                            'val_list.txt (tools/make_list_files.py writes them from train/<class>/ folders)')
-    samples = []
-    with open(list_file, 'r', encoding='utf-8') as f:
-        for line_number, line in enumerate(f, start=1):
-            if line.strip():
-                samples.append(parse_list_line(list_file, line_number, line, num_classes))
+    samples = [parse_list_line(list_file, line_number, line, num_classes)
+               for line_number, line in list_file_lines(list_file)]
     if not samples:
         raise DatasetError(f'{list_file}: no images listed')
     return samples
 
 
+def list_file_lines(list_file):
+    """(line number, line) of every non-blank line of a text file as editors and tools write them: a UTF-8
+    byte-order mark (Windows editors), CRLF line ends and trailing blank lines are all accepted."""
+    with open(list_file, 'r', encoding='utf-8-sig') as f:
+        for line_number, line in enumerate(f, start=1):
+            if line.strip():
+                yield line_number, line
+
+
 def parse_list_line(list_file, line_number, line, num_classes):
     """(relative_path, label) of one list line; DatasetError naming the file and line if it is bad."""
-    # The path is everything before the last field, so that paths with spaces still work.
+    # The path is everything before the last field (spaces or tabs between), so that paths with spaces still work.
     fields = line.strip().rsplit(maxsplit=1)
     where = f'{list_file} line {line_number}'
     if len(fields) != 2:
@@ -203,7 +210,7 @@ def read_class_names(data_path):
     path = os.path.join(data_path, CLASS_NAMES_FILE)
     if not os.path.isfile(path):
         return None
-    with open(path, 'r', encoding='utf-8') as f:
+    with open(path, 'r', encoding='utf-8-sig') as f:
         names = [line.strip() for line in f.read().rstrip().splitlines()]
     if not names or not all(names):
         raise DatasetError(f'{path}: expected one class name per line, in label order, with no blank lines')
@@ -284,6 +291,7 @@ def get_dataloader(config, dataset, is_train, distributed):
     else:
         sampler = EvalBatchSampler(len(dataset), config.DATA.BATCH_SIZE_EVAL, rank, world_size)
     return FaultAwareDataLoader(dataset, batch_sampler=sampler, num_workers=config.DATA.NUM_WORKERS,
+                                worker_init_fn=runtime.quiet_worker_signals,
                                 collate_fn=collate_uint8)
 
 

@@ -16,11 +16,13 @@ import datetime
 import math
 import os
 import random
+import shlex
+import sys
 import time
 import warnings
 
 import numpy as np
-import runtime  # noqa: F401  (before paddle: CPU threads and MKL path)
+import runtime  # before paddle: CPU threads, MKL path, stop signals
 import paddle
 import paddle.nn.functional as F
 from paddle import nn
@@ -269,7 +271,8 @@ def seed_everything(*keys):
 
 @dataclasses.dataclass
 class Trainer:
-    """What a training step needs. `model` may be the DataParallel wrapper of `raw_model`."""
+    """What a training step needs. `model` may be the DataParallel wrapper of `raw_model` (NCCL); with
+    `average_gradients`, the step averages the gradients over the ranks itself (gloo, see `data_parallel`)."""
     config: object
     model: nn.Layer
     raw_model: nn.Layer
@@ -280,6 +283,7 @@ class Trainer:
     mixup: object
     criterion: object
     logger: object
+    average_gradients: bool = False
     best_acc1: dict = dataclasses.field(default_factory=dict)  # 'val' and, with EMA, 'ema' -> best top-1
     frozen: list = dataclasses.field(default_factory=list)  # layers kept in eval mode (TRAIN.FREEZE_STAGES)
 
@@ -350,11 +354,14 @@ def _forward_backward(trainer, images, targets, is_update):
 
 
 def _optimizer_step(trainer):
-    """Unscale, clip and apply the accumulated gradients, then advance the LR schedule and the EMA.
+    """Average the gradients over the ranks (gloo), unscale, clip and apply them, then advance the LR schedule and
+    the EMA.
 
     Returns True when the float16 GradScaler skipped the update because a gradient was inf or NaN (normal now and
     then while the loss scale adapts; counted per epoch, not fatal).
     """
+    if trainer.average_gradients:
+        utils.average_gradients(utils.trained_parameters(trainer.raw_model))
     trainer.scaler.step(trainer.optimizer)
     skipped = trainer.scaler.is_enable() and bool(getattr(trainer.scaler, '_cache_found_inf', False))
     trainer.scaler.update()
@@ -415,6 +422,8 @@ def validate(model, loader, config, logger):
 def run(config):
     """Evaluate (EVAL) or train as `config` says, in this process; returns the final metrics dict."""
     paddle.set_device('gpu' if paddle.device.cuda.device_count() > 0 else 'cpu')
+    check_configs_agree(config)
+    utils.on_main_process(lambda: refuse_to_overwrite(config))  # before anything is written into SAVE
     logger = utils.setup_logger(config.SAVE)
     if utils.is_main_process():
         with open(os.path.join(config.SAVE, 'config.yaml'), 'w', encoding='utf-8') as file:
@@ -422,7 +431,55 @@ def run(config):
     amp = 'on' if amp_enabled(config) else 'off (Paddle has no AMP on a CPU)' if config.AMP else 'off'
     logger.info(f'rank {utils.get_rank()} of {utils.get_world_size()} (pid {os.getpid()}) on {paddle.get_device()}, '
                 f'AMP {amp}; resolved config in {os.path.join(config.SAVE, "config.yaml")}')
-    return evaluate(config, logger) if config.EVAL else train(config, logger)
+    try:
+        return evaluate(config, logger) if config.EVAL else train(config, logger)
+    except runtime.StopRequested as stop:
+        if not config.EVAL:
+            stop.message += f'; {how_to_continue(config)}'
+        logger.info(stop.message)
+        raise
+
+
+def how_to_continue(config):
+    """Where the last checkpoint is and the command that continues from it (this one with -resume auto)."""
+    found = utils.list_checkpoints(config.SAVE)
+    last = f'the last checkpoint is {found[-1]}' if found else f'no checkpoint in {config.SAVE} yet'
+    words = list(sys.argv)
+    if '-resume' not in words:
+        at = words.index('-opts') if '-opts' in words else len(words)
+        words[at:at] = ['-resume', 'auto']
+    return f'{last}; continue with: python {shlex.join(words)}'
+
+
+
+# Keys that may differ between the nodes of one job: where each node keeps its files and how many loader workers
+# it runs; the weights and checkpoints that MODEL.PRETRAINED and MODEL.RESUME name are read on rank 0 only.
+NODE_LOCAL_KEYS = ('SAVE', 'DATA.DATA_PATH', 'DATA.NUM_WORKERS', 'MODEL.PRETRAINED', 'MODEL.RESUME')
+
+
+def check_configs_agree(config):
+    """RanksDisagree on every rank when a rank's resolved config differs from rank 0's outside NODE_LOCAL_KEYS
+    (e.g. another -opts typed on one node)."""
+    values = {key: value for key, value in flatten_config(config).items() if key not in NODE_LOCAL_KEYS}
+    per_rank = utils.gather_objects(values)
+    for rank, other in enumerate(per_rank[1:], start=1):
+        differing = sorted(key for key in values if other.get(key) != per_rank[0].get(key))
+        if differing:
+            key = differing[0]
+            raise utils.RanksDisagree(f'rank {rank} runs another config than rank 0: {key} is {other[key]!r} there '
+                                      f'and {per_rank[0][key]!r} on rank 0 ({len(differing)} key(s) differ); '
+                                      'give every node the same command')
+
+
+def flatten_config(node, prefix=''):
+    """{'DATA.BATCH_SIZE': 32, ...}: every leaf of a yacs config under its dotted key."""
+    flat = {}
+    for name, value in node.items():
+        if isinstance(value, dict):
+            flat.update(flatten_config(value, f'{prefix}{name}.'))
+        else:
+            flat[f'{prefix}{name}'] = value
+    return flat
 
 
 def warn_on_class_count(config, logger):
@@ -484,14 +541,27 @@ def build_trainer(config, logger, steps_per_epoch):
         model, optimizer = paddle.amp.decorate(models=model, optimizers=optimizer, level='O2',
                                                dtype=config.AMP_DTYPE, save_dtype='float32')
     mixup = transforms.build_mixup(config)
-    return Trainer(config=config, model=paddle.DataParallel(model) if world_size > 1 else model, raw_model=model,
+    wrap = data_parallel(world_size)
+    return Trainer(config=config, model=paddle.DataParallel(model) if wrap else model, raw_model=model,
                    optimizer=optimizer, lr_scheduler=lr_scheduler, scaler=scaler, ema=ema, mixup=mixup,
-                   criterion=build_criterion(config, mixup), logger=logger, frozen=frozen)
+                   criterion=build_criterion(config, mixup), logger=logger, frozen=frozen,
+                   average_gradients=world_size > 1 and not wrap)
+
+
+def data_parallel(world_size):
+    """Whether the ranks average their gradients through paddle.DataParallel: on GPUs (NCCL), where it overlaps the
+    all-reduce with the backward pass. Over gloo (CPU processes) the step averages them itself, in one collective on
+    the main thread: gloo's error for a lost rank inside DataParallel's backward hooks aborts the process with a C++
+    dump, while on the main thread it is a Python error that names the rank (utils.report_lost_ranks)."""
+    return world_size > 1 and paddle.distributed.get_backend() != 'GLOO'
+
 
 
 def restore(trainer, path):
-    """Load a training checkpoint into `trainer` (including its best accuracies); returns the epochs done."""
-    state = utils.load_checkpoint(path)
+    """Load a training checkpoint into `trainer` (including its best accuracies); returns the epochs done.
+
+    Only rank 0 reads the file; every rank gets its content (nodes need not share a filesystem)."""
+    state = utils.on_main_process(lambda: utils.load_checkpoint(path))
     if trainer.config.TRAIN.LAST_EPOCH not in (0, state['epoch']):
         raise ConfigError(f'-last_epoch {trainer.config.TRAIN.LAST_EPOCH} contradicts {path}, which is after epoch '
                           f'{state["epoch"]}; drop -last_epoch when resuming')
@@ -507,6 +577,39 @@ def restore(trainer, path):
         trainer.ema.model.set_state_dict(state['ema'])
     trainer.best_acc1.update(state['best_acc1'])
     return state['epoch']
+
+
+def checkpoint_to_resume(config):
+    """The checkpoint that every rank resumes from (None: none), as rank 0 resolves MODEL.RESUME in its SAVE.
+
+    Ranks on nodes without a shared filesystem find no checkpoint of their own (only rank 0 writes them) and
+    follow rank 0. A rank whose own SAVE resolves to a checkpoint of another epoch than rank 0's would be
+    resuming another state: RanksDisagree on every rank.
+    """
+    if not config.MODEL.RESUME:
+        return None
+    mine = utils.resolve_resume(config.MODEL.RESUME, config.SAVE)
+    mine = mine if mine and os.path.isfile(mine) else None
+    per_rank = utils.gather_objects((mine, utils.checkpoint_epoch(mine)))
+    chosen, chosen_epoch = per_rank[0]
+    others = [(rank, path, epoch) for rank, (path, epoch) in enumerate(per_rank)
+              if path is not None and rank > 0 and epoch != chosen_epoch]
+    if others:
+        rank, path, epoch = others[0]
+        main = f'{chosen} (epoch {chosen_epoch})' if chosen else 'no checkpoint'
+        raise utils.RanksDisagree(f'-resume {config.MODEL.RESUME}: rank {rank} finds {path} (epoch {epoch}) but '
+                                  f'rank 0 {main}; give every node the same checkpoints, or remove the stray ones')
+    return chosen
+
+
+def refuse_to_overwrite(config):
+    """ConfigError when a new training run (no MODEL.RESUME) would write into an SAVE that holds another run's
+    checkpoints: its checkpoint-0001 would be pruned at once by the old run's higher epochs (KEEP_LAST), and a
+    later -resume auto would continue the old run."""
+    found = utils.list_checkpoints(config.SAVE)
+    if found and not config.MODEL.RESUME and not config.EVAL:
+        raise ConfigError(f'{config.SAVE} already holds the checkpoints of a run (up to '
+                          f'{os.path.basename(found[-1])}): continue it with -resume auto, or give another -output')
 
 
 def checkpoint(trainer, epochs_done):
@@ -531,7 +634,7 @@ def train(config, logger):
                           f'TRAIN.ACCUM_ITER={config.TRAIN.ACCUM_ITER}: lower -batch_size or -accum_iter')
     trainer = build_trainer(config, logger, steps_per_epoch)
     start_epoch = config.TRAIN.LAST_EPOCH
-    resume = utils.resolve_resume(config.MODEL.RESUME, config.SAVE) if config.MODEL.RESUME else None
+    resume = checkpoint_to_resume(config)
     if resume:
         start_epoch = restore(trainer, resume)
         logger.info(f'resumed from {resume} after epoch {start_epoch}')
@@ -539,15 +642,15 @@ def train(config, logger):
             utils.drop_epochs_after(os.path.join(config.SAVE, 'log.jsonl'), start_epoch)
     elif config.MODEL.RESUME:
         logger.info(f'-resume auto: no checkpoint in {config.SAVE}, starting at epoch {start_epoch + 1}')
-    elif utils.list_checkpoints(config.SAVE):
-        # a new run's checkpoint-0001 would be pruned at once by the old run's higher epochs (KEEP_LAST), and a
-        # later -resume auto would continue the old run
-        raise ConfigError(f'{config.SAVE} already holds the checkpoints of a run (up to '
-                          f'{os.path.basename(utils.list_checkpoints(config.SAVE)[-1])}): continue it with '
-                          '-resume auto, or give another -output')
+    utils.check_parameters_agree(trainer.raw_model, f'before epoch {start_epoch + 1}')
     stats = {}
-    for epoch in range(start_epoch, config.TRAIN.NUM_EPOCHS):
-        stats = train_and_validate_epoch(trainer, train_loader, val_loader, epoch)
+    epoch = start_epoch
+    try:
+        for epoch in range(start_epoch, config.TRAIN.NUM_EPOCHS):
+            stats = train_and_validate_epoch(trainer, train_loader, val_loader, epoch)
+    except runtime.StopRequested as stop:
+        stop.message += f' in epoch {epoch + 1}/{config.TRAIN.NUM_EPOCHS}'
+        raise
     if stats and utils.is_main_process():
         curves = os.path.join(config.SAVE, 'curves.png')
         utils.plot_training_curves(os.path.join(config.SAVE, 'log.jsonl'), curves)
@@ -568,8 +671,8 @@ def train_and_validate_epoch(trainer, train_loader, val_loader, epoch):
     utils.broadcast_running_statistics(trainer.raw_model)
     if trainer.ema is not None:
         utils.broadcast_running_statistics(trainer.ema.model)
-    stats['param_rank_spread'] = utils.parameter_rank_spread(trainer.raw_model)
     done = epoch + 1
+    utils.check_parameters_agree(trainer.raw_model, f'after epoch {done}')
     last = done == config.TRAIN.NUM_EPOCHS
     if done % config.VALIDATE_FREQ == 0 or last:
         stats.update(_validate_and_keep_best(trainer, trainer.raw_model, val_loader, 'val'))

@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import paddle
@@ -67,9 +68,10 @@ def relative_error(output, reference):
     return float(np.abs(output - reference).max() / np.abs(reference).max())
 
 
-def start_process(args, threads='1'):
-    """Start `python ARGS` in the repository root, in its own process group (so a timeout can kill all of it)."""
-    return subprocess.Popen([sys.executable] + args, cwd=ROOT, env={**os.environ, 'OMP_NUM_THREADS': threads},
+def start_process(args, threads='1', cwd=ROOT):
+    """Start `python ARGS` in `cwd` (the repository root), in its own process group (so that a timeout can kill
+    all of it)."""
+    return subprocess.Popen([sys.executable] + args, cwd=cwd, env={**os.environ, 'OMP_NUM_THREADS': threads},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
@@ -93,3 +95,30 @@ def flatten_state(state, prefix=''):
         else:
             flat[prefix + key] = value
     return flat
+
+
+def kill_group(process):
+    """SIGKILL the process and everything it started (the launcher and its ranks), like a lost machine."""
+    os.killpg(process.pid, signal.SIGKILL)
+    process.communicate()
+
+
+def wait_for(path, text, process, timeout=120):
+    """Return once `text` is in the file at `path`; the test fails if `process` ends first or it takes `timeout` s."""
+    deadline = time.time() + timeout
+    while not (os.path.isfile(path) and text in open(path, encoding='utf-8').read()):
+        if process.poll() is not None or time.time() > deadline:
+            out, err = process.communicate()
+            pytest.fail(f'{text!r} never appeared in {path}:\n{(out + err)[-3000:]}')
+        time.sleep(0.05)
+
+
+def assert_same_checkpoint(path_a, path_b):
+    """Two training checkpoints hold the same weights, optimizer, EMA, schedule and best accuracies, bit for bit."""
+    a, b = flatten_state(paddle.load(path_a)), flatten_state(paddle.load(path_b))
+    assert a.keys() == b.keys()
+    for key in set(a) - {'config'}:  # the configs differ in SAVE and RESUME only
+        if isinstance(a[key], paddle.Tensor):
+            np.testing.assert_array_equal(a[key].numpy(), b[key].numpy(), err_msg=key)
+        else:
+            assert a[key] == b[key], key

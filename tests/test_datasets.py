@@ -85,6 +85,26 @@ def test_bad_list_lines_name_file_and_line(tree, text, message):
     assert message in str(err.value) and str(tree) in str(err.value) and '\n' not in str(err.value)
 
 
+def as_windows_editors_write(text):
+    """The same list as a Windows editor saves it: a UTF-8 byte-order mark, CRLF, a tab before each label and
+    blank lines at the end."""
+    lines = [line.rsplit(' ', 1) for line in text.splitlines()]
+    return ('\ufeff' + '\r\n'.join(f'{path}\t{label}' for path, label in lines) + '\r\n\r\n\r\n').encode('utf-8')
+
+
+def test_list_files_from_windows_editors_load_like_clean_ones(tree, capsys):
+    """BOM + CRLF + tabs + trailing blank lines: the same samples, the same batches, and check_dataset passes."""
+    config = make_config(tree)
+    clean = {is_train: datasets.get_dataset(config, is_train) for is_train in (True, False)}
+    for name in datasets.LIST_FILES.values():
+        (tree / name).write_bytes(as_windows_editors_write((tree / name).read_text(encoding='utf-8')))
+    assert (tree / 'val_list.txt').read_bytes().startswith(b'\xef\xbb\xbf')
+    for is_train in (True, False):
+        assert datasets.get_dataset(config, is_train).samples == clean[is_train].samples
+    np.testing.assert_array_equal(datasets.get_dataset(config, False)[0][0], clean[False][0][0])
+    assert check_dataset.main(['-data_path', str(tree), '-opts', 'MODEL.NUM_CLASSES', '3']) == 0
+
+
 def test_missing_list_file_and_empty_path(tmp_path):
     with pytest.raises(DatasetError, match='val_list.txt: list file not found'):
         datasets.get_dataset(make_config(tmp_path), is_train=False)

@@ -157,9 +157,25 @@ def test_multi_process_training_keeps_ranks_in_sync(demo_path, tmp_path):
     code, log = run('main_multi_gpu.py', ['-nprocs', '2'] + train_args(demo_path, output, 'TRAIN.NUM_EPOCHS', '1'))
     assert code == 0, log[-3000:]
     stats = epochs(output)
-    assert len(stats) == 1 and stats[0]['param_rank_spread'] == 0.0
+    assert len(stats) == 1  # the ranks' parameters were compared after the epoch (a difference stops the run)
     assert os.path.isfile(os.path.join(output, 'log_rank1.txt'))
     assert os.path.isfile(os.path.join(output, 'checkpoint-0001.pdparams'))
+
+
+@pytest.mark.parametrize('fault, message', [
+    ('weights', "before epoch 1, the parameters of rank(s) 1 differ from rank 0's (1 of 108, e.g. head.bias)"),
+    ('config', "rank 1 runs another config than rank 0: TRAIN.NUM_EPOCHS is 2 there and 1 on rank 0"),
+    ('checkpoint', 'rank 1 finds '),
+])
+def test_ranks_that_disagree_stop_with_one_line(demo_path, tmp_path, fault, message):
+    """Rank 1 differs from rank 0 (tests/rank_faults.py): the job stops before training, every rank exits 2,
+    and only rank 0 prints the reason."""
+    code, out, err = finish_process(start_process([os.path.join('tests', 'rank_faults.py'), fault, str(tmp_path),
+                                                   demo_path]), timeout=180)
+    errors = [line for line in err.splitlines() if line.startswith('error:')]
+    assert code == 2 and len(errors) == 1, (out + err)[-3000:]
+    assert message in errors[0], errors[0]
+    assert not os.path.exists(tmp_path / 'checkpoint-0001.pdparams')
 
 
 def test_eval_counts_every_image_once_for_any_process_count(trained, demo_path, tmp_path):
@@ -225,7 +241,8 @@ def test_a_dead_rank_ends_the_job_with_an_error(demo_path, tmp_path):
         os.killpg(process.pid, signal.SIGKILL)
         pytest.fail('the job hung after a rank died')
     assert process.returncode != 0
-    assert 'a rank failed, the job was stopped' in errors and 'SIGKILL' in errors
+    lines = [line for line in errors.splitlines() if line.startswith('error:')]
+    assert lines == ['error: rank 1 failed (signal SIGKILL), the job was stopped'], errors[-3000:]
 
 
 def test_benchmark_train_times_both_fc3_forms(capsys):

@@ -1,7 +1,7 @@
 """One optimizer step of the real training code (engine.build_trainer + engine.train_one_epoch) on a fixed batch.
 
-    python tests/two_rank_step.py OUT ranks   two gloo ranks under paddle.DataParallel; rank r trains on half r
-                                              of the batch and writes OUT/rank{r}.npz
+    python tests/two_rank_step.py OUT ranks   two gloo ranks (gradients averaged by the step, as over gloo);
+                                              rank r trains on half r of the batch and writes OUT/rank{r}.npz
     python tests/two_rank_step.py OUT single  one process, TRAIN.ACCUM_ITER 2 over half 0 then half 1: each half
                                               through BN in train mode, as on its rank, and the mean of the two
                                               gradients applied once; writes OUT/single.npz
@@ -70,7 +70,7 @@ def one_step(config, batches, out_file):
 
 
 def rank_worker(out_dir):
-    """One of the two DataParallel ranks."""
+    """One of the two data-parallel ranks."""
     paddle.distributed.init_parallel_env()
     rank = utils.get_rank()
     one_step(make_config(accum_iter=1), [halves()[rank]], os.path.join(out_dir, f'rank{rank}.npz'))

@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from PIL import Image  # noqa: E402
 
 from config import UserError, build_arg_parser, get_config, update_config  # noqa: E402
-from datasets import LIST_FILES, DatasetError, parse_list_line, resolve_data_path, to_rgb  # noqa: E402
+from datasets import LIST_FILES, DatasetError, list_file_lines, parse_list_line, resolve_data_path, to_rgb  # noqa: E402
 
 
 def check_image(path):
@@ -41,16 +41,13 @@ def read_lines(list_file, num_classes, problems):
         problems.append(f'{list_file}: list file not found')
         return []
     entries = []
-    with open(list_file, 'r', encoding='utf-8') as f:
-        for line_number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                relative, _ = parse_list_line(list_file, line_number, line, num_classes)
-            except DatasetError as err:
-                problems.append(str(err))
-                continue
-            entries.append((os.path.join(os.path.dirname(list_file), relative), f'{list_file} line {line_number}'))
+    for line_number, line in list_file_lines(list_file):
+        try:
+            relative, _ = parse_list_line(list_file, line_number, line, num_classes)
+        except DatasetError as err:
+            problems.append(str(err))
+            continue
+        entries.append((os.path.join(os.path.dirname(list_file), relative), f'{list_file} line {line_number}'))
     if not entries and not problems:
         problems.append(f'{list_file}: no images listed')
     return entries
