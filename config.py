@@ -72,6 +72,7 @@ _C.MODEL.OFFICIAL_PARTITION_ORDER = False  # True: merge partitions back as the 
 _C.MODEL.PRETRAINED = ''  # weights (.pdparams, or a checkpoint) loaded strictly before training or evaluation
 _C.MODEL.RESUME = ''  # checkpoint to continue training from; 'auto': the newest checkpoint in SAVE, if any
 _C.MODEL.FINETUNE = False  # load PRETRAINED except the classifier head.* (kept freshly initialised) (flag -finetune)
+_C.MODEL.NEW_SCHEDULE = False  # RESUME with other schedule keys than the checkpoint's (flag -new_schedule)
 _C.TRAIN = CN()
 _C.TRAIN.NUM_EPOCHS = 300  # length of the run and of the LR schedule
 _C.TRAIN.LAST_EPOCH = 0  # epochs already done by the PRETRAINED weights: training and the LR schedule start there
@@ -130,6 +131,7 @@ FLAG_TO_KEY = {
     'eval': 'EVAL',
     'amp': 'AMP',
     'finetune': 'MODEL.FINETUNE',
+    'new_schedule': 'MODEL.NEW_SCHEDULE',
 }
 
 
@@ -190,6 +192,9 @@ def build_arg_parser(description):
     parser.add_argument('-amp', action='store_true', help='mixed precision, see AMP_DTYPE and AMP_LEVEL (AMP)')
     parser.add_argument('-finetune', action='store_true',
                         help='load -pretrained except the classifier head, for another NUM_CLASSES (MODEL.FINETUNE)')
+    parser.add_argument('-new_schedule', action='store_true',
+                        help='-resume with other epochs, warmup, LR or batch than the checkpoint was trained with '
+                             '(MODEL.NEW_SCHEDULE)')
     parser.add_argument('-opts', nargs='+', default=None, metavar='KEY VALUE',
                         help='override any config key, e.g. -opts MODEL.DEPLOY True')
     return parser

@@ -18,11 +18,13 @@ each function computes the same with Paddle's ops.
 """
 
 import contextlib
+import glob
 import os
 import platform
 import sys
 import warnings
 
+import runtime  # noqa: F401  (before paddle: CPU threads, MKL path, a quiet import)
 import paddle
 import paddle.nn.functional as F
 from paddle.utils import cpp_extension
@@ -77,6 +79,10 @@ def _build():
     """The compiled module, built or reloaded under a file lock; None with a warning if it cannot be built."""
     import fcntl  # POSIX only, like the kernel's build
     folder = os.path.join(cpp_extension.get_build_directory(), 'repmlp_cpu_ops')
+    built = glob.glob(os.path.join(folder, '**', 'repmlp_cpu_ops*.so'), recursive=True)
+    if not built or max(os.path.getmtime(path) for path in built) < os.path.getmtime(SOURCE):
+        print(f'building the C++ CPU kernels ({os.path.relpath(SOURCE)} into {folder}; about 10 s, once)',
+              file=sys.stderr, flush=True)
     try:
         os.makedirs(folder, exist_ok=True)
         with open(os.path.join(folder, 'build.lock'), 'w') as lock, silenced_output():

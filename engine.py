@@ -22,6 +22,7 @@ import time
 import warnings
 
 import numpy as np
+import yaml
 import runtime  # before paddle: CPU threads, MKL path, stop signals
 import paddle
 import paddle.nn.functional as F
@@ -39,6 +40,7 @@ from repmlp import build_repmlp
 warnings.filterwarnings('ignore', message='When training, we now always track global mean and variance')
 BATCH_NORMS = (nn.BatchNorm1D, nn.BatchNorm2D, nn.BatchNorm3D, nn.SyncBatchNorm)
 LOSS_SCALE = 2.0 ** 16  # the float16 GradScaler's first loss scale; it adapts from there
+PROGRESS_SECONDS = 30  # a progress line at least this often, also between REPORT_FREQ steps (slow steps on a CPU)
 
 
 class TrainingDiverged(UserError):
@@ -300,6 +302,7 @@ def train_one_epoch(trainer, loader, epoch):
     trainer.model.train()
     keep_in_eval_mode(trainer.frozen)
     loss_meter, start, images_seen, skipped_steps = utils.AverageMeter(), time.time(), 0, 0
+    logged = start
     for index, (images, labels) in enumerate(loader):
         if index == num_batches:
             break
@@ -318,7 +321,8 @@ def train_one_epoch(trainer, loader, epoch):
             skipped_steps += _optimizer_step(trainer)
         loss_meter.update(loss, len(labels))
         images_seen += len(labels)
-        if (index + 1) % config.REPORT_FREQ == 0 or index + 1 == num_batches:
+        if (index + 1) % config.REPORT_FREQ == 0 or index + 1 == num_batches or time.time() - logged > PROGRESS_SECONDS:
+            logged = time.time()
             _log_progress(logger, f'Epoch {epoch + 1}/{config.TRAIN.NUM_EPOCHS}', index + 1, num_batches,
                           images_seen, start, f'loss {loss_meter.global_avg():.4f} lr {trainer.optimizer.get_lr():.3e}')
     elapsed = time.time() - start
@@ -392,6 +396,7 @@ def validate(model, loader, config, logger):
     model.eval()
     correct1 = correct5 = loss_sum = 0.0
     count, start = 0, time.time()
+    logged = start
     for index, (images, labels) in enumerate(loader):
         images = transforms.normalize(images, config)
         with autocast(config):
@@ -405,7 +410,8 @@ def validate(model, loader, config, logger):
         correct1 = correct1 + hits[:, 0].sum()
         correct5 = correct5 + hits.sum(axis=1).sum()
         count += len(labels)
-        if (index + 1) % config.REPORT_FREQ == 0:
+        if (index + 1) % config.REPORT_FREQ == 0 or time.time() - logged > PROGRESS_SECONDS:
+            logged = time.time()
             _log_progress(logger, 'Eval (this rank)', index + 1, len(loader), count, start,
                           f'acc1 {float(correct1) / count:.4f}')
     totals = utils.all_reduce_sum([float(correct1), float(correct5), float(loss_sum), count])
@@ -425,9 +431,6 @@ def run(config):
     check_configs_agree(config)
     utils.on_main_process(lambda: refuse_to_overwrite(config))  # before anything is written into SAVE
     logger = utils.setup_logger(config.SAVE)
-    if utils.is_main_process():
-        with open(os.path.join(config.SAVE, 'config.yaml'), 'w', encoding='utf-8') as file:
-            file.write(config.dump())
     amp = 'on' if amp_enabled(config) else 'off (Paddle has no AMP on a CPU)' if config.AMP else 'off'
     logger.info(f'rank {utils.get_rank()} of {utils.get_world_size()} (pid {os.getpid()}) on {paddle.get_device()}, '
                 f'AMP {amp}; resolved config in {os.path.join(config.SAVE, "config.yaml")}')
@@ -501,8 +504,16 @@ def build_loader(config, is_train):
     return datasets.get_dataloader(config, dataset, is_train, distributed=utils.get_world_size() > 1)
 
 
+def save_resolved_config(config):
+    """Rank 0 writes the run's resolved config as SAVE/config.yaml."""
+    if utils.is_main_process():
+        with open(os.path.join(config.SAVE, 'config.yaml'), 'w', encoding='utf-8') as file:
+            file.write(config.dump())
+
+
 def evaluate(config, logger):
     """Evaluate MODEL.PRETRAINED; rank 0 writes SAVE/metrics.json. Returns the metrics."""
+    save_resolved_config(config)
     seed_everything(config.SEED)
     model = build_repmlp(config)
     utils.load_weights(model, config.MODEL.PRETRAINED)
@@ -557,16 +568,41 @@ def data_parallel(world_size):
 
 
 
+# What shapes the LR schedule: resuming with other values changes the LR of every step from here on.
+SCHEDULE_KEYS = ('TRAIN.NUM_EPOCHS', 'TRAIN.WARMUP_EPOCHS', 'TRAIN.LR_SCHEDULE', 'TRAIN.BASE_LR',
+                 'TRAIN.WARMUP_START_LR', 'TRAIN.END_LR', 'TRAIN.LR_REFERENCE_BATCH', 'DATA.BATCH_SIZE',
+                 'TRAIN.ACCUM_ITER')
+
+
+def check_schedule_unchanged(config, checkpoint_config, path):
+    """ConfigError listing the SCHEDULE_KEYS whose values differ from those `path` was trained with, unless
+    MODEL.NEW_SCHEDULE (-new_schedule) says that the change is meant."""
+    if config.MODEL.NEW_SCHEDULE or not checkpoint_config:
+        return
+    old = flatten_config(yaml.safe_load(checkpoint_config))
+    new = flatten_config(config)
+    changed = [f'{key} {old[key]} -> {new[key]}' for key in SCHEDULE_KEYS if key in old and old[key] != new[key]]
+    if changed:
+        raise ConfigError(f'-resume {path}: the schedule differs from the checkpoint\'s ({", ".join(changed)}); '
+                          'resume with the same values, or add -new_schedule if the change is meant')
+
+
 def restore(trainer, path):
     """Load a training checkpoint into `trainer` (including its best accuracies); returns the epochs done.
 
     Only rank 0 reads the file; every rank gets its content (nodes need not share a filesystem)."""
-    state = utils.on_main_process(lambda: utils.load_checkpoint(path))
-    if trainer.config.TRAIN.LAST_EPOCH not in (0, state['epoch']):
-        raise ConfigError(f'-last_epoch {trainer.config.TRAIN.LAST_EPOCH} contradicts {path}, which is after epoch '
-                          f'{state["epoch"]}; drop -last_epoch when resuming')
-    if (state['ema'] is None) != (trainer.ema is None):
-        raise ConfigError(f'{path} was trained with TRAIN.MODEL_EMA {state["ema"] is not None}; use the same setting')
+    def read_and_check():
+        state = utils.load_checkpoint(path)
+        check_schedule_unchanged(trainer.config, state['config'], path)
+        if trainer.config.TRAIN.LAST_EPOCH not in (0, state['epoch']):
+            raise ConfigError(f'-last_epoch {trainer.config.TRAIN.LAST_EPOCH} contradicts {path}, which is after '
+                              f'epoch {state["epoch"]}; drop -last_epoch when resuming')
+        if (state['ema'] is None) != (trainer.ema is None):
+            raise ConfigError(f'{path} was trained with TRAIN.MODEL_EMA {state["ema"] is not None}; use the same '
+                              'setting')
+        return state
+
+    state = utils.on_main_process(read_and_check)
     utils.check_state_dict(trainer.raw_model, state['model'], path)
     trainer.raw_model.set_state_dict(state['model'])
     trainer.optimizer.set_state_dict(state['optimizer'])
@@ -642,6 +678,7 @@ def train(config, logger):
             utils.drop_epochs_after(os.path.join(config.SAVE, 'log.jsonl'), start_epoch)
     elif config.MODEL.RESUME:
         logger.info(f'-resume auto: no checkpoint in {config.SAVE}, starting at epoch {start_epoch + 1}')
+    save_resolved_config(config)  # after the checks: a refused run leaves the folder's config.yaml as it was
     utils.check_parameters_agree(trainer.raw_model, f'before epoch {start_epoch + 1}')
     stats = {}
     epoch = start_epoch

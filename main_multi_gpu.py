@@ -6,8 +6,10 @@ machine, or several with --ips / --master), it is one of the processes of that j
 See run_train_multi.sh and run_eval_multi.sh.
 """
 
+import contextlib
 import ctypes
 import ctypes.util
+import io
 import multiprocessing.connection
 import os
 import signal
@@ -47,7 +49,8 @@ def worker(config):
     does the loss of another rank (a collective that failed or waited past its timeout)."""
     die_with_parent()
     os.environ.setdefault('PADDLE_PG_TIMEOUT', str(config.DIST_TIMEOUT * 1000))  # NCCL's, in milliseconds
-    paddle.distributed.init_parallel_env()
+    with contextlib.redirect_stderr(io.StringIO()):  # Paddle's "Modified FLAGS detected" banner
+        paddle.distributed.init_parallel_env()
     heartbeat = utils.Heartbeat()
     try:
         run_cli(lambda: utils.report_lost_ranks(lambda: engine.run(config), config.SAVE, heartbeat))

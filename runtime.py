@@ -57,8 +57,12 @@ _reuse_freed_memory()
 if _is_amd_cpu():
     os.environ.setdefault('MKL_DEBUG_CPU_TYPE', '5')
 # paddle's import warns about a missing ccache (a compiler cache for custom C++ ops, unused here) and prints
-# a note to stderr whenever OMP_NUM_THREADS > 1; neither concerns this project's users.
+# a note to stderr whenever OMP_NUM_THREADS > 1; its spawn warns that CPU processes use gloo; its C++ side logs
+# info and warning lines (store connections, static-graph notes). None of these asks anything of the user;
+# errors still print.
 warnings.filterwarnings('ignore', message='No ccache found')
+warnings.filterwarnings('ignore', message='Your model will be trained under CPUONLY mode')
+os.environ.setdefault('GLOG_minloglevel', '2')
 with contextlib.redirect_stderr(io.StringIO()):
     import paddle  # noqa: E402,F401
 

@@ -360,10 +360,16 @@ def one_line(err):
     return f'{last.split(": ", 1)[-1]} (in DataLoader {match.group(1)})'
 
 
+def not_found_hint(path):
+    """'; did you mean PATH.pdparams?' when only that exists (PaddleViT's scripts give weights without the
+    extension), else ''."""
+    return f'; did you mean {path}.pdparams?' if os.path.isfile(path + '.pdparams') else ''
+
+
 def read_state_dict(path):
     """Read a Paddle weights file (`.pdparams`, or a training checkpoint holding one under 'model')."""
     if not os.path.isfile(path):
-        raise CheckpointError(f'weights file not found: {path}')
+        raise CheckpointError(f'weights file not found: {path}{not_found_hint(path)}')
     if _is_torch_file(path):
         raise CheckpointError(f'{path} is a PyTorch checkpoint; convert it first with '
                               f'tools/convert_torch_weights.py -cfg CFG -src {path} -dst OUT.pdparams')
@@ -546,7 +552,8 @@ def resolve_resume(resume, folder):
 def load_checkpoint(path):
     """Read a training checkpoint written by `save_checkpoint`; CheckpointError if it is not one."""
     if not os.path.isfile(path):
-        raise CheckpointError(f'checkpoint not found: {path} (-resume takes a checkpoint-NNNN.pdparams or auto)')
+        raise CheckpointError(f'checkpoint not found: {path} (-resume takes a checkpoint-NNNN.pdparams or auto)'
+                              f'{not_found_hint(path)}')
     if _is_torch_file(path):
         raise CheckpointError(f'{path} is a PyTorch checkpoint, not one to resume from; convert it with '
                               f'tools/convert_torch_weights.py -cfg CFG -src {path} -dst OUT.pdparams and '

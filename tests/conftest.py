@@ -10,8 +10,9 @@ import runtime  # noqa: E402,F401  (before paddle, as the entry points do)
 
 
 def pytest_configure(config):
-    """Register the `slow` mark (whole training runs killed and resumed); `-m "not slow"` leaves them out."""
-    config.addinivalue_line('markers', 'slow: whole runs killed and resumed (tests/test_faults_slow.py)')
+    """Register the `slow` mark (whole runs: killed, stopped and resumed, over several processes or launch nodes);
+    `-m "not slow"` leaves them out."""
+    config.addinivalue_line('markers', 'slow: whole runs killed, stopped, resumed, over several processes or nodes')
 
 
 def pytest_sessionstart(session):

@@ -146,6 +146,19 @@ def test_a_failed_build_warns_and_falls_back(monkeypatch):
     assert relative_error(output.numpy(), gated_add_with_bias(x, x, gate, bias).numpy()) <= 1e-6
 
 
+def test_a_build_says_so_and_a_reload_is_quiet(monkeypatch, tmp_path, capsys):
+    """The ~10 s build announces itself on stderr; loading what was built says nothing."""
+    monkeypatch.setattr(cpu_ops.cpp_extension, 'load', lambda **kwargs: 'module')
+    monkeypatch.setattr(cpu_ops.cpp_extension, 'get_build_directory', lambda: str(tmp_path))
+    assert cpu_ops._build() == 'module'
+    assert capsys.readouterr().err.startswith('building the C++ CPU kernels (')
+    built = tmp_path / 'repmlp_cpu_ops' / 'repmlp_cpu_ops' / 'repmlp_cpu_ops.so'
+    built.parent.mkdir(parents=True)
+    built.write_bytes(b'')  # newer than the source
+    assert cpu_ops._build() == 'module'
+    assert capsys.readouterr().err == ''
+
+
 def test_an_unwritable_build_folder_warns_and_falls_back(monkeypatch, tmp_path):
     blocked = tmp_path / 'file'
     blocked.write_text('')  # a file where the build folder's parent should be

@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import paddle
+import pytest
 
 from export import create_predictor, onnx_session, predictor_run
 from helpers import randomize_batchnorms, relative_error, tiny_config
@@ -66,3 +67,17 @@ def test_benchmark_infer_times_the_three_forms(tmp_path, capsys):
     assert 'cores' in out.splitlines()[0] and 'matmul (the peak)' in out
     for form in ('training-time', 'deploy', 'exported, Paddle Inference'):
         assert sum(line.startswith(form) for line in out.splitlines()) == 2, out
+
+
+def test_onnx_without_its_package_is_one_line_and_writes_nothing(tmp_path, monkeypatch):
+    """paddle2onnx is only in requirements-dev.txt: without it, -onnx stops before the export folder exists."""
+    import export
+    real_find_spec = export.importlib.util.find_spec
+    monkeypatch.setattr(export.importlib.util, 'find_spec',
+                        lambda name: None if name == 'paddle2onnx' else real_find_spec(name))
+    config = tiny_config(tmp_path)
+    output = tmp_path / 'export'
+    with pytest.raises(export.UserError, match='-onnx needs the package paddle2onnx: pip install -r '
+                                               'requirements-dev.txt'):
+        export.export(config, str(tmp_path / 'missing.pdparams'), str(output), onnx=True)
+    assert not output.exists()

@@ -235,6 +235,18 @@ def test_weights_only_file_given_to_resume(tmp_path):
         utils.load_checkpoint(path)
 
 
+def test_weights_named_without_their_extension_get_a_hint(tmp_path):
+    """PaddleViT's scripts name weights without .pdparams; the error says which file was meant."""
+    path = str(tmp_path / 'best')
+    paddle.save({'w': paddle.zeros([2])}, path + '.pdparams')
+    with pytest.raises(utils.CheckpointError, match=f'weights file not found: {path}; did you mean {path}.pdparams'):
+        utils.read_state_dict(path)
+    with pytest.raises(utils.CheckpointError, match=f'did you mean {path}.pdparams'):
+        utils.load_checkpoint(path)
+    with pytest.raises(utils.CheckpointError, match=r'not found: \S+$'):
+        utils.read_state_dict(str(tmp_path / 'other'))
+
+
 @pytest.mark.parametrize('flag', ['-pretrained', '-resume'])
 def test_a_pytorch_file_names_the_converter(flag, tmp_path):
     torch_file = os.path.join(FIXTURES, 'official_small_train.pth')
@@ -382,10 +394,15 @@ def test_a_fresh_run_into_a_folder_with_checkpoints_is_refused(tmp_path):
     run: nothing may be lost silently, so the user chooses."""
     output = tmp_path / 'out'
     utils.save_checkpoint(str(output), 3, **fake_state(5))
+    (output / 'config.yaml').write_text('the old run\n')
+    (output / 'log.txt').write_text('the old log\n')
     code, _, err = finish_process(start_process(['main_single_gpu.py', '-cfg', TINY,
                                                  '-data_path', str(tmp_path / 'demo'), '-output', str(output)]))
     assert_one_error_line(code, err, 'already holds the checkpoints of a run', 'checkpoint-0005.pdparams',
                           '-resume auto')
+    assert (output / 'config.yaml').read_text() == 'the old run\n'
+    assert (output / 'log.txt').read_text() == 'the old log\n'
+
 
 
 def test_a_resumed_run_drops_the_log_lines_it_will_write_again(tmp_path):

@@ -65,7 +65,7 @@ def node_folders(root, name):
 
 def two_then_three_epochs(folders, outputs, data, weights):
     assert_ok(run_job(folders, outputs, data, '-pretrained', weights, epochs=2))
-    assert_ok(run_job(folders, outputs, data, '-resume', 'auto', epochs=3))
+    assert_ok(run_job(folders, outputs, data, '-resume', 'auto', '-new_schedule', epochs=3))
     return os.path.join(outputs[0], 'checkpoint-0003.pdparams')
 
 

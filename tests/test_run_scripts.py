@@ -35,6 +35,7 @@ def run_script(script, cwd, *args, **variables):
                           timeout=300)
 
 
+@pytest.mark.slow
 def test_eval_script_under_posix_sh_on_cpu_processes(demo):
     result = run_script('run_eval_multi.sh', demo, MODE='cpu', NPROCS='2', CFG=TINY, WEIGHTS='tiny.pdparams',
                         DATA='demo', OUT='eval')

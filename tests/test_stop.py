@@ -34,8 +34,8 @@ def processes_of(output):
 
 @pytest.mark.parametrize('nprocs, signum, target, then_resume', [
     (1, signal.SIGINT, 'group', True),  # Ctrl-C in a terminal
-    (2, signal.SIGTERM, 'group', False),  # a scheduler's notice to the job
-    pytest.param(1, signal.SIGTERM, 'main', False, marks=pytest.mark.slow),  # kill PID
+    pytest.param(2, signal.SIGTERM, 'group', False, marks=pytest.mark.slow),  # a scheduler's notice to the job
+    (1, signal.SIGTERM, 'main', False),  # kill PID
     pytest.param(1, signal.SIGINT, 'main', False, marks=pytest.mark.slow),
     pytest.param(1, signal.SIGTERM, 'group', False, marks=pytest.mark.slow),
     pytest.param(2, signal.SIGINT, 'group', True, marks=pytest.mark.slow),

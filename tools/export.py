@@ -15,6 +15,7 @@ size would show): the folded dygraph model, the Paddle Inference predictor, ONNX
 difference of the logits above 1e-4 stops the program with exit code 2 before anything is put in `-output`.
 """
 
+import importlib.util
 import os
 import shutil
 import sys
@@ -103,8 +104,19 @@ def onnx_session(path):
     return onnxruntime.InferenceSession(path, options, providers=['CPUExecutionProvider'])
 
 
+def require_onnx_packages():
+    """UserError naming the package and where it is listed when -onnx cannot run (checked before anything is
+    written)."""
+    for package in ('paddle2onnx', 'onnxruntime'):
+        if importlib.util.find_spec(package) is None:
+            raise UserError(f'-onnx needs the package {package}: pip install -r requirements-dev.txt (or export '
+                            'without -onnx)')
+
+
 def export(config, weights, output_dir, onnx=False, log=print):
     """Export `weights` for `config` into `output_dir` after checking every form; returns {form: difference}."""
+    if onnx:
+        require_onnx_packages()
     model, deploy = load_model(config, weights)
     log(f'{weights}: {"deploy" if deploy else "training-time"} form of {config.MODEL.NAME}')
     size = config.DATA.IMAGE_SIZE

@@ -50,25 +50,40 @@ def list_lines(root, split, labels):
     return lines
 
 
-def make_list_files(root):
-    """Write root/train_list.txt, root/val_list.txt and root/classes.txt; return {file: images (or classes)}."""
+def make_list_files(root, force=False):
+    """Write root/train_list.txt, root/val_list.txt and root/classes.txt; return {file: images (or classes)}.
+
+    Files already there with other contents are kept (ListFileError naming them) unless `force`: lists in
+    another label order would silently change what every trained model's outputs mean.
+    """
     names = class_folders(os.path.join(root, 'train'))
     labels = {name: index for index, name in enumerate(names)}
     outputs = {os.path.join(root, list_name): list_lines(root, split, labels) for split, list_name in SPLITS}
     outputs[os.path.join(root, CLASS_NAMES_FILE)] = [name + '\n' for name in names]
+    differing = [path for path, lines in outputs.items() if os.path.isfile(path) and _read(path) != ''.join(lines)]
+    if differing and not force:
+        raise ListFileError(f'{", ".join(differing)} already exist(s) with other contents (e.g. another label '
+                            'order, which would change what a trained model\'s outputs mean); keeping them. Add '
+                            '-force to replace them')
     for path, lines in outputs.items():
         with open(path, 'w', encoding='utf-8') as f:
             f.writelines(lines)
     return {path: len(lines) for path, lines in outputs.items()}
 
 
+def _read(path):
+    with open(path, encoding='utf-8-sig', newline=None) as f:
+        return f.read()
+
+
 def main(argv=None):
     """Command-line entry: returns the exit code."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('root', help='folder holding train/<class>/ and val/<class>/')
+    parser.add_argument('-force', action='store_true', help='replace existing list files whose contents differ')
     args = parser.parse_args(argv)
     try:
-        written = make_list_files(args.root)
+        written = make_list_files(args.root, args.force)
     except UserError as err:
         print(f'error: {err}', file=sys.stderr)
         return 2

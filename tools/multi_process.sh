@@ -10,8 +10,12 @@ case "${MODE:-spawn}" in
         else
             devices="--nproc_per_node ${NPROCS:-2}"
         fi
+        # the launcher's own import of paddle warns about a missing ccache (unused here); --log_level ERROR keeps
+        # its INFO lines out of the console (they stay in launch_logs)
+        PYTHONWARNINGS="ignore:No ccache found${PYTHONWARNINGS:+,$PYTHONWARNINGS}"
+        export PYTHONWARNINGS
         # shellcheck disable=SC2086  # $devices is two words
-        exec python -m paddle.distributed.launch $devices ${IPS:+--ips "$IPS"} --log_dir "$OUT/launch_logs" \
+        exec python -m paddle.distributed.launch $devices ${IPS:+--ips "$IPS"} --log_dir "$OUT/launch_logs" --log_level ERROR \
             "$ROOT/main_multi_gpu.py" "$@" ;;
     *) echo "error: MODE must be spawn, launch or cpu, got '$MODE'" >&2; exit 2 ;;
 esac
