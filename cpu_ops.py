@@ -18,7 +18,7 @@ each function computes the same with Paddle's ops.
 """
 
 import contextlib
-import glob
+import hashlib
 import os
 import platform
 import sys
@@ -75,22 +75,37 @@ def silenced_output():
             os.close(fd)
 
 
+def _signature(compile_flags, link_flags):
+    """What a build depends on (the source and the flags), as Paddle's cpp_extension decides whether to rebuild."""
+    with open(SOURCE, 'rb') as source:
+        content = source.read()
+    return hashlib.sha256(content + repr((BUILD_FLAGS, compile_flags, link_flags)).encode()).hexdigest()
+
+
 def _build():
-    """The compiled module, built or reloaded under a file lock; None with a warning if it cannot be built."""
+    """The compiled module, built or reloaded under a file lock; None with a warning if it cannot be built.
+
+    A build (about 10 s) says so on stderr first; a reload of what was built for the same source and flags is
+    silent (the signature of the last build is kept beside it)."""
     import fcntl  # POSIX only, like the kernel's build
     folder = os.path.join(cpp_extension.get_build_directory(), 'repmlp_cpu_ops')
-    built = glob.glob(os.path.join(folder, '**', 'repmlp_cpu_ops*.so'), recursive=True)
-    if not built or max(os.path.getmtime(path) for path in built) < os.path.getmtime(SOURCE):
-        print(f'building the C++ CPU kernels ({os.path.relpath(SOURCE)} into {folder}; about 10 s, once)',
-              file=sys.stderr, flush=True)
+    stamp = os.path.join(folder, 'built_from.sha256')
     try:
         os.makedirs(folder, exist_ok=True)
-        with open(os.path.join(folder, 'build.lock'), 'w') as lock, silenced_output():
+        with open(os.path.join(folder, 'build.lock'), 'w') as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # ranks starting together: one builds, the others load its result
             compile_flags, link_flags = openmp_flags()
-            return cpp_extension.load(name='repmlp_cpu_ops', sources=[SOURCE],
-                                      extra_cxx_cflags=BUILD_FLAGS + compile_flags, extra_ldflags=link_flags,
-                                      build_directory=folder, verbose=False)
+            signature = _signature(compile_flags, link_flags)
+            if not os.path.isfile(stamp) or open(stamp, encoding='ascii').read() != signature:
+                print(f'building the C++ CPU kernels ({os.path.relpath(SOURCE)} into {folder}; about 10 s, once)',
+                      file=sys.stderr, flush=True)
+            with silenced_output():
+                module = cpp_extension.load(name='repmlp_cpu_ops', sources=[SOURCE],
+                                            extra_cxx_cflags=BUILD_FLAGS + compile_flags, extra_ldflags=link_flags,
+                                            build_directory=folder, verbose=False)
+            with open(stamp, 'w', encoding='ascii') as file:
+                file.write(signature)
+            return module
     except Exception as error:  # noqa: BLE001  (any build failure: the fallback is exact, only slower)
         message = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
         warnings.warn(f'the C++ CPU kernels did not build ({message}); using Paddle\'s ops')

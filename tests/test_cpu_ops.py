@@ -147,16 +147,17 @@ def test_a_failed_build_warns_and_falls_back(monkeypatch):
 
 
 def test_a_build_says_so_and_a_reload_is_quiet(monkeypatch, tmp_path, capsys):
-    """The ~10 s build announces itself on stderr; loading what was built says nothing."""
+    """The ~10 s build announces itself on stderr; loading what was built from the same source and flags says
+    nothing; other flags build again."""
     monkeypatch.setattr(cpu_ops.cpp_extension, 'load', lambda **kwargs: 'module')
     monkeypatch.setattr(cpu_ops.cpp_extension, 'get_build_directory', lambda: str(tmp_path))
     assert cpu_ops._build() == 'module'
     assert capsys.readouterr().err.startswith('building the C++ CPU kernels (')
-    built = tmp_path / 'repmlp_cpu_ops' / 'repmlp_cpu_ops' / 'repmlp_cpu_ops.so'
-    built.parent.mkdir(parents=True)
-    built.write_bytes(b'')  # newer than the source
     assert cpu_ops._build() == 'module'
     assert capsys.readouterr().err == ''
+    monkeypatch.setattr(cpu_ops, 'BUILD_FLAGS', cpu_ops.BUILD_FLAGS + ['-g'])
+    assert cpu_ops._build() == 'module'
+    assert capsys.readouterr().err.startswith('building the C++ CPU kernels (')
 
 
 def test_an_unwritable_build_folder_warns_and_falls_back(monkeypatch, tmp_path):
