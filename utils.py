@@ -120,11 +120,6 @@ def _host_copy(obj):
 
 JOB_WIDE_ERRORS = (PeerFailure, RanksDisagree, LostRank)
 
-# What Paddle's collectives raise when a peer is gone: gloo's "TIMEOUT ... pair_rank = N" and connection errors,
-# NCCL's timeouts and remote errors
-COLLECTIVE_FAILURE = re.compile(r'gloo|nccl|connection (closed|reset)|timeout', re.IGNORECASE)
-
-
 class Heartbeat:
     """Each rank's pulse in the job's key-value store (the TCP store that rank 0 serves): a counter that a daemon
     thread raises every INTERVAL seconds. After a collective failed, `lost_ranks` tells the survivors which ranks
