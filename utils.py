@@ -315,7 +315,8 @@ class AverageMeter:
 
 
 def run_cli(main):
-    """Call `main()`; a UserError becomes one `error: ...` line on stderr and exit code 2, not a traceback.
+    """Call `main()` and return what it returns (a program's exit code: `sys.exit(run_cli(main))`); a UserError
+    becomes one `error: ...` line on stderr and exit code 2, not a traceback.
 
     Errors that every rank meets together (JOB_WIDE_ERRORS: rank 0's error passed on, ranks that disagree, a lost
     rank) are printed by the first rank of each node only, so that each node's console says it once. A stop
@@ -324,8 +325,7 @@ def run_cli(main):
     """
     first_of_node = os.environ.get('PADDLE_LOCAL_RANK', str(get_rank())) == '0'
     try:
-        main()
-        return
+        return main()
     except UserError as err:
         if first_of_node or not isinstance(err, JOB_WIDE_ERRORS):
             print(f'error: {one_line(err)}', file=sys.stderr)

@@ -11,6 +11,7 @@ import paddle
 import pytest
 
 from config import get_config
+from repmlp import build_repmlp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -60,6 +61,13 @@ def randomize_batchnorms(model, *inputs, seed=0):
                                (layer.bias, rng.normal(0, 0.1, size))]:
             tensor.set_value(paddle.to_tensor(values.astype('float32')))
     return model
+
+
+def trained_like_model(config, seed=0):
+    """A training-time model of `config` (paddle seeded with `seed`) with non-trivial BN statistics, in eval mode."""
+    paddle.seed(seed)
+    size = config.DATA.IMAGE_SIZE
+    return randomize_batchnorms(build_repmlp(config), paddle.randn([4, 3, size, size]), seed=seed)
 
 
 def relative_error(output, reference):

@@ -298,7 +298,7 @@ def test_a_progress_line_comes_at_least_every_progress_seconds(tmp_path, monkeyp
 def test_benchmark_train_times_both_fc3_forms(capsys):
     """tools/benchmark.py train: one row per fc3 form, each with its rate, peak, fraction and memory."""
     import benchmark
-    from model_info import count_macs
+    from inference import count_macs
     assert benchmark.main(['train', '-cfg', TINY, '-batch_size', '4', '-repeats', '1']) == 0
     out = capsys.readouterr().out
     assert 'cores' in out.splitlines()[0] and 'matmul (the peak)' in out

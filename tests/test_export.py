@@ -1,16 +1,15 @@
 """tools/export.py: the static model (Paddle Inference, ONNX) gives the dygraph training-time model's outputs."""
 
 import os
+import re
 import subprocess
 import sys
 
 import numpy as np
 import paddle
-import pytest
 
-from export import create_predictor, onnx_session, predictor_run
-from helpers import randomize_batchnorms, relative_error, tiny_config
-from repmlp import build_repmlp
+from helpers import relative_error, tiny_config, trained_like_model
+from inference import create_predictor, onnx_run, onnx_session, predictor_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,9 +22,7 @@ def run_export(*args):
 
 def test_export_matches_the_training_time_model(tmp_path):
     config = tiny_config(tmp_path)
-    paddle.seed(0)
-    model = build_repmlp(config)
-    randomize_batchnorms(model, paddle.randn([4, 3, 32, 32]))
+    model = trained_like_model(config)
     weights = str(tmp_path / 'train.pdparams')
     paddle.save(model.state_dict(), weights)
     data = tmp_path / 'data'
@@ -40,6 +37,8 @@ def test_export_matches_the_training_time_model(tmp_path):
     assert {'config.yaml', 'classes.txt', 'model.pdiparams', 'model.onnx'} <= set(names), names
     assert not [name for name in names if name.startswith('.')]  # the staging folder is gone
     assert (out / 'classes.txt').read_text() == (data / 'classes.txt').read_text()
+    operations = set(re.findall(r'"#":"1\.(\w+)"', (out / 'model.json').read_text()))  # the PIR program's ops
+    assert 'conv2d' in operations and not [op for op in operations if 'batch_norm' in op], operations
 
     # batch sizes other than those the export checked: the batch dimension is dynamic
     predictor, session = create_predictor(str(out)), onnx_session(str(out / 'model.onnx'))
@@ -48,8 +47,7 @@ def test_export_matches_the_training_time_model(tmp_path):
         with paddle.no_grad():
             expected = model(paddle.to_tensor(images)).numpy()
         assert relative_error(predictor_run(predictor, images), expected) <= 1e-5
-        onnx_out = session.run(None, {session.get_inputs()[0].name: images})[0]
-        assert relative_error(onnx_out, expected) <= 1e-4
+        assert relative_error(onnx_run(session, images), expected) <= 1e-4
 
     # weights of another model: one line, exit code 2, nothing written
     code, stdout, stderr = run_export('-cfg', str(tmp_path / 'tiny.yaml'), '-pretrained', weights, '-output',
@@ -67,17 +65,3 @@ def test_benchmark_infer_times_the_three_forms(tmp_path, capsys):
     assert 'cores' in out.splitlines()[0] and 'matmul (the peak)' in out
     for form in ('training-time', 'deploy', 'exported, Paddle Inference'):
         assert sum(line.startswith(form) for line in out.splitlines()) == 2, out
-
-
-def test_onnx_without_its_package_is_one_line_and_writes_nothing(tmp_path, monkeypatch):
-    """paddle2onnx is only in requirements-dev.txt: without it, -onnx stops before the export folder exists."""
-    import export
-    real_find_spec = export.importlib.util.find_spec
-    monkeypatch.setattr(export.importlib.util, 'find_spec',
-                        lambda name: None if name == 'paddle2onnx' else real_find_spec(name))
-    config = tiny_config(tmp_path)
-    output = tmp_path / 'export'
-    with pytest.raises(export.UserError, match='-onnx needs the package paddle2onnx: pip install -r '
-                                               'requirements-dev.txt'):
-        export.export(config, str(tmp_path / 'missing.pdparams'), str(output), onnx=True)
-    assert not output.exists()

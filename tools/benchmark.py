@@ -39,24 +39,24 @@ import resource
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from repo_path import ROOT  # importing it puts the repository root on sys.path
 
-import numpy as np  # noqa: E402
-import runtime  # noqa: E402,F401  (before paddle: CPU threads, MKL path, memory reuse)
-import paddle  # noqa: E402
-import paddle.nn.functional as F  # noqa: E402
-from paddle.io import DataLoader, Dataset  # noqa: E402
-from paddle.vision import transforms as T  # noqa: E402
-from PIL import Image, ImageDraw, ImageFilter  # noqa: E402
+import numpy as np
+import runtime  # noqa: F401  (before paddle: CPU threads, MKL path, memory reuse)
+import paddle
+import paddle.nn.functional as F
+from paddle.io import DataLoader, Dataset
+from paddle.vision import transforms as T
+from PIL import Image, ImageDraw, ImageFilter
 
-import datasets  # noqa: E402
-import engine  # noqa: E402
-import transforms  # noqa: E402
-from config import get_config  # noqa: E402
-from model_info import count_macs  # noqa: E402
-from repmlp import RepMLPBlock  # noqa: E402
+import datasets
+import engine
+import transforms
+from config import get_config
+from inference import count_macs, create_predictor, fold, predictor_run, save_inference_model
+from repmlp import RepMLPBlock
+from utils import run_cli
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JPEG_SIZE = (500, 375)  # ImageNet's typical image size
 NUM_CLASSES = 10
 
@@ -333,9 +333,6 @@ def bench_train(args):
 
 def bench_infer(args):
     """The `infer` subcommand: images/s and fraction of the matmul peak of the three inference forms."""
-    from export import create_predictor, predictor_run, save_inference_model
-    from repmlp import fold_batchnorms
-
     print(machine_info())
     config = get_config(args.cfg)
     size = config.DATA.IMAGE_SIZE
@@ -351,7 +348,7 @@ def bench_infer(args):
     with tempfile.TemporaryDirectory() as folder:
         exported = engine.build_repmlp(config)
         exported.set_state_dict(training.state_dict())
-        fold_batchnorms(exported)
+        fold(exported)
         save_inference_model(exported, size, folder)
         del exported
         predictor = create_predictor(folder)
@@ -406,4 +403,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_cli(main))

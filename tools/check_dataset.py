@@ -11,12 +11,12 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from PIL import Image
 
-from PIL import Image  # noqa: E402
-
-from config import UserError, build_arg_parser, get_config, update_config  # noqa: E402
-from datasets import LIST_FILES, DatasetError, list_file_lines, parse_list_line, resolve_data_path, to_rgb  # noqa: E402
+import repo_path  # noqa: F401  (the repository root on sys.path, for the imports below)
+from config import build_arg_parser, get_config, update_config
+from datasets import LIST_FILES, DatasetError, list_file_lines, parse_list_line, resolve_data_path, to_rgb
+from utils import run_cli
 
 
 def check_image(path):
@@ -81,16 +81,12 @@ def check_images(entries, workers, problems):
 
 
 def main(argv=None):
-    """Command-line entry: returns the exit code."""
+    """Command-line entry: returns the exit code (1 when a problem was found)."""
     parser = build_arg_parser(__doc__.splitlines()[0])
     parser.add_argument('-workers', type=int, default=os.cpu_count(), help='decoding processes')
     args = parser.parse_args(argv)
-    try:
-        config = update_config(get_config(), args)
-        data_path = resolve_data_path(config)
-    except UserError as err:
-        print(f'error: {err}', file=sys.stderr)
-        return 2
+    config = update_config(get_config(), args)
+    data_path = resolve_data_path(config)
     failed = False
     for list_name in (LIST_FILES[True], LIST_FILES[False]):
         problems = []
@@ -106,4 +102,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -17,10 +17,9 @@ import zipfile
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from config import build_arg_parser, get_config, update_config  # noqa: E402
-from utils import CheckpointError, check_state_dict, run_cli, save_atomically  # noqa: E402
+import repo_path  # noqa: F401  (the repository root on sys.path, for the imports below)
+from config import build_arg_parser, get_config, update_config
+from utils import CheckpointError, check_state_dict, run_cli, save_atomically
 
 STORAGE_DTYPES = {
     'FloatStorage': np.float32, 'DoubleStorage': np.float64, 'HalfStorage': np.float16,
@@ -149,16 +148,18 @@ def convert(config, src, dst):
     return 'deploy' if deploy else 'training-time'
 
 
-def main():
+def main(argv=None):
+    """Command-line entry: returns the exit code."""
     parser = build_arg_parser('Convert an official RepMLPNet PyTorch checkpoint to a Paddle .pdparams file.')
     parser.add_argument('-src', required=True, help='the .pth file saved by the official PyTorch code')
     parser.add_argument('-dst', required=True, help='the .pdparams file to write')
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     config = update_config(get_config(), args)
     form = convert(config, args.src, args.dst)
     print(f'{args.src}: {form} form, {config.MODEL.NAME}; wrote {args.dst}'
           + (' (build the model with -opts MODEL.DEPLOY True to load it)' if form == 'deploy' else ''))
+    return 0
 
 
 if __name__ == '__main__':
-    run_cli(main)
+    sys.exit(run_cli(main))

@@ -4,9 +4,10 @@
     python tools/draw_overview.py -cfg configs/repmlp_t_256.yaml -output t256.png
 
 Every number in the picture (channels, map and partition sizes, share-sets, units per stage, conv kernels,
-classes) is read from the config, so the picture follows the architecture it is drawn from. PIL only, no
-paddle: the picture is deterministic for a given config, font file and Pillow/FreeType build, and the labels
-are also stored as a PNG text chunk so that tests can check them wherever fonts render differently.
+classes) is read from the config, so the picture follows the architecture it is drawn from. Drawn with PIL
+alone (no model is built): the picture is deterministic for a given config, font file and Pillow/FreeType
+build, and the labels are also stored as a PNG text chunk so that tests can check them wherever fonts render
+differently.
 """
 
 import argparse
@@ -15,10 +16,10 @@ import sys
 
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin, features
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from repo_path import ROOT  # importing it puts the repository root on sys.path
 
-from config import PATCH_SIZE, UserError, get_config  # noqa: E402
+from config import PATCH_SIZE, get_config
+from utils import run_cli
 
 DEFAULT_CFG = os.path.join(ROOT, 'configs', 'repmlp_b_224.yaml')
 DEFAULT_OUTPUT = os.path.join(ROOT, 'docs', 'repmlpnet_overview.png')
@@ -312,19 +313,16 @@ def save_overview(config, path):
     return image
 
 
-def main():
+def main(argv=None):
+    """Command-line entry: returns the exit code."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('-cfg', default=DEFAULT_CFG, help='model config (default configs/repmlp_b_224.yaml)')
     parser.add_argument('-output', default=DEFAULT_OUTPUT, help='PNG to write (default docs/repmlpnet_overview.png)')
-    args = parser.parse_args()
-    try:
-        config = get_config(args.cfg)
-    except UserError as err:
-        print(f'error: {err}', file=sys.stderr)
-        sys.exit(2)
-    save_overview(config, args.output)
+    args = parser.parse_args(argv)
+    save_overview(get_config(args.cfg), args.output)
     print(f'wrote {args.output}')
+    return 0
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(run_cli(main))

@@ -15,13 +15,12 @@ import csv
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import repo_path  # noqa: F401  (the repository root on sys.path, for the imports below)
+import runtime  # noqa: F401  (before paddle)
 
-import runtime  # noqa: E402,F401  (before paddle)
-
-import engine  # noqa: E402
-import utils  # noqa: E402
-from config import UserError, build_arg_parser, get_config, update_config  # noqa: E402
+import engine
+import utils
+from config import UserError, build_arg_parser, get_config, update_config
 
 
 def schedule_rows(config, steps_per_epoch, world_size):
@@ -44,13 +43,14 @@ def write_csv(rows, path):
     os.replace(temporary, path)
 
 
-def main():
+def main(argv=None):
+    """Command-line entry: returns the exit code."""
     parser = build_arg_parser('Write the LR of every optimizer step of a configured run as CSV and PNG.')
     parser.add_argument('-steps_per_epoch', type=int, required=True, help='optimizer steps in one epoch')
     parser.add_argument('-world_size', type=int, default=1, help='training processes (GPUs), for the LR scaling')
     parser.add_argument('-csv', default=None, help='CSV file to write (step,epoch,lr)')
     parser.add_argument('-png', default=None, help='chart to write')
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     for flag in ('steps_per_epoch', 'world_size'):
         if getattr(args, flag) < 1:
             raise UserError(f'-{flag} must be positive, got {getattr(args, flag)}')
@@ -72,7 +72,8 @@ def main():
     print(f'{len(rows)} optimizer steps ({config.TRAIN.LR_SCHEDULE} schedule): lr {rows[0]["lr"]:.4g} at step '
           f'{rows[0]["step"]}, peak {peak["lr"]:.4g} at step {peak["step"]}, {rows[-1]["lr"]:.4g} at the last step '
           f'{rows[-1]["step"]}; wrote ' + ' and '.join(path for path in (args.csv, args.png) if path))
+    return 0
 
 
 if __name__ == '__main__':
-    utils.run_cli(main)
+    sys.exit(utils.run_cli(main))

@@ -12,9 +12,9 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from config import UserError  # noqa: E402
+import repo_path  # noqa: F401  (the repository root on sys.path, for the imports below)
+from config import UserError
+from utils import run_cli
 
 IMAGE_EXTENSIONS = ('.jpeg', '.jpg', '.png', '.bmp', '.webp', '.tif', '.tiff', '.gif', '.ppm', '.pgm')
 SPLITS = (('train', 'train_list.txt'), ('val', 'val_list.txt'))
@@ -82,15 +82,11 @@ def main(argv=None):
     parser.add_argument('root', help='folder holding train/<class>/ and val/<class>/')
     parser.add_argument('-force', action='store_true', help='replace existing list files whose contents differ')
     args = parser.parse_args(argv)
-    try:
-        written = make_list_files(args.root, args.force)
-    except UserError as err:
-        print(f'error: {err}', file=sys.stderr)
-        return 2
+    written = make_list_files(args.root, args.force)
     for path, count in written.items():
         print(f'{path}: {count} {"classes" if path.endswith(CLASS_NAMES_FILE) else "images"}')
     return 0
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_cli(main))

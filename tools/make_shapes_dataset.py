@@ -19,6 +19,10 @@ import sys
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+import repo_path  # noqa: F401  (the repository root on sys.path, for the imports below)
+from config import UserError
+from utils import run_cli
+
 CLASSES = ('star', 'hexagon', 'ellipse', 'arrow', 'frame')
 SIDE = 80  # pixels, as the demo data
 SEED = 20240509
@@ -88,8 +92,7 @@ def main(argv=None):
     parser.add_argument('-any_colour', action='store_true', help='shapes in any colour, not in their class\'s hues')
     args = parser.parse_args(argv)
     if args.train_per_class < 1 or args.val_per_class < 1:
-        print('error: -train_per_class and -val_per_class must be positive', file=sys.stderr)
-        return 2
+        raise UserError('-train_per_class and -val_per_class must be positive')
     written = write_shapes_dataset(args.root, args.train_per_class, args.val_per_class, args.any_colour)
     for split, count in written.items():
         print(f'{os.path.join(args.root, split)}: {count} images in {len(CLASSES)} class folders')
@@ -97,4 +100,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -1,39 +1,36 @@
 """Top-k classes of images, from weights (dygraph) or from an export folder (Paddle Inference).
 
-    python tools/predict.py -cfg configs/repmlp_b_224.yaml -pretrained repmlp_b_224.pdparams cat.jpg dog.png
-    python tools/predict.py -model_dir export/b224 -topk 3 -json cat.jpg
+    python tools/predict.py -cfg configs/repmlp_b_224.yaml -pretrained repmlp_b_224.pdparams -images cat.jpg dog.png
+    python tools/predict.py -model_dir export/b224 -topk 3 -json -images cat.jpg
 
-Images are prepared exactly as in evaluation (transforms.build_transform(config, is_train=False), then
+The images are the words after `-images` (up to the next flag); the flags may come in any order. Images are
+prepared exactly as in evaluation (transforms.build_transform(config, is_train=False), then
 transforms.normalize). With `-model_dir` (written by tools/export.py) the config is the `config.yaml` saved
 there. Class names come from a `classes.txt` (one name per line, in label order) in the export folder or in
 DATA.DATA_PATH; otherwise the demo data's shapes, or for 1000 classes tools/imagenet_synsets.txt (ImageNet's
-standard order); otherwise they are `class N`. A missing file, a file that is not an image, or weights that do
-not match the config is one line and exit code 2.
+standard order); otherwise they are `class N`. A missing file, a file that is not an image, a word that belongs
+to no flag, or weights that do not match the config is one line and exit code 2.
 """
 
 import json
 import os
-import re
 import sys
 
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import repo_path  # noqa: F401  (the repository root on sys.path, for the imports below)
+import runtime  # noqa: F401  (before paddle: CPU threads and MKL path)
+import paddle
 
-import runtime  # noqa: E402,F401  (before paddle: CPU threads and MKL path)
-import paddle  # noqa: E402
-
-import transforms  # noqa: E402
-from config import UserError, build_arg_parser, get_config, update_config  # noqa: E402
-from datasets import CLASS_NAMES_FILE, DEMO_CLASSES, load_rgb, read_class_names  # noqa: E402
-from export import create_predictor, data_folder, predictor_run  # noqa: E402
-from reparam import load_model  # noqa: E402
-from utils import run_cli  # noqa: E402
+import transforms
+from config import UserError, build_arg_parser, get_config, update_config
+from datasets import CLASS_NAMES_FILE, DEMO_CLASSES, load_rgb, read_class_names
+from inference import create_predictor, dataset_folder, load_model, predictor_run, run_model
+from utils import run_cli
 
 IMAGENET_SYNSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'imagenet_synsets.txt')
 CONFIG_EXTENSIONS = ('.yaml', '.yml')
-CONFIG_KEY = re.compile(r'^[A-Z][A-Z0-9_]*(\.[A-Z][A-Z0-9_]*)*$')  # MODEL.NUM_CLASSES, SEED, ...
 
 
 def imagenet_class_names():
@@ -96,6 +93,11 @@ def top_classes(probabilities, names, k):
     return results
 
 
+def normalized(images, config):
+    """The uint8 `images` [N, 3, H, W] normalised as the model was trained on them, as float32 numpy."""
+    return transforms.normalize(paddle.to_tensor(images), config).numpy()
+
+
 def build_runner(args):
     """(config, a function uint8 images -> logits, folders to look for classes.txt in) for the chosen model."""
     if args.model_dir:
@@ -104,17 +106,11 @@ def build_runner(args):
             raise UserError(f'{args.model_dir} has no config.yaml: is it a folder written by tools/export.py?')
         config = get_config(config_path)
         predictor = create_predictor(args.model_dir)
-
-        def run(images):
-            return predictor_run(predictor, transforms.normalize(paddle.to_tensor(images), config).numpy())
-        return config, run, [args.model_dir, data_folder(config)]
+        return config, lambda images: predictor_run(predictor, normalized(images, config)), [
+            args.model_dir, dataset_folder(config)]
     config = update_config(get_config(), args)
     model, _ = load_model(config, config.MODEL.PRETRAINED)
-
-    def run(images):
-        with paddle.no_grad():
-            return model(transforms.normalize(paddle.to_tensor(images), config)).numpy()
-    return config, run, [data_folder(config)]
+    return config, lambda images: run_model(model, normalized(images, config)), [dataset_folder(config)]
 
 
 def predict(args):
@@ -122,7 +118,7 @@ def predict(args):
     if bool(args.model_dir) == bool(args.pretrained):
         raise UserError('give either -model_dir EXPORT_DIR or -cfg CFG -pretrained WEIGHTS')
     if not args.images:
-        raise UserError('give one or more image files after the flags')
+        raise UserError('give the image files to classify with -images FILE [FILE ...]')
     if args.topk < 1:
         raise UserError(f'-topk must be positive, got {args.topk}')
     if args.model_dir and not os.path.isdir(args.model_dir):
@@ -145,38 +141,36 @@ def predict(args):
 
 
 def parse_args(argv=None):
+    """The flags of `argv`; UserError for a word that belongs to no flag or an image given to -cfg (images go after
+    -images)."""
     parser = build_arg_parser('Top-k classes of images with a RepMLPNet (weights or an export folder).')
+    parser.add_argument('-images', nargs='+', default=None, metavar='IMAGE', help='image files to classify')
     parser.add_argument('-model_dir', default=None, help='a folder written by tools/export.py (instead of -pretrained)')
     parser.add_argument('-topk', type=int, default=5, help='classes shown per image')
     parser.add_argument('-json', action='store_true', help='print one JSON document instead of text')
-    parser.add_argument('images', nargs='*', metavar='IMAGE', help='image files')
-    args = parser.parse_args(argv)
-    # -cfg and -opts take several words: image names that follow them belong to the images
-    moved = []
-    if args.cfg:
-        moved += [name for name in args.cfg if not name.lower().endswith(CONFIG_EXTENSIONS)]
-        args.cfg = [name for name in args.cfg if name.lower().endswith(CONFIG_EXTENSIONS)] or None
-    if args.opts:
-        pairs = 0
-        while 2 * pairs + 1 < len(args.opts) and CONFIG_KEY.match(args.opts[2 * pairs]):
-            pairs += 1
-        moved += args.opts[2 * pairs:]
-        args.opts = args.opts[:2 * pairs] or None
-    args.images = moved + args.images
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        raise UserError(f'{unknown[0]!r} belongs to no flag: give the images after -images (-images A.jpg B.jpg), '
+                        'see --help')
+    for name in args.cfg or []:  # the words after -cfg up to the next flag
+        if not name.lower().endswith(CONFIG_EXTENSIONS):
+            raise UserError(f'-cfg {name}: not a .yaml config file; give the images after -images')
     return args
 
 
-def main():
-    args = parse_args()
+def main(argv=None):
+    """Command-line entry: returns the exit code."""
+    args = parse_args(argv)
     results = predict(args)
     if args.json:
         print(json.dumps(results, indent=2))
-        return
+        return 0
     for result in results:
         print(result['image'])
         for entry in result['top']:
             print(f'  {entry["probability"]:.4f}  {entry["label"]:>4}  {entry["name"]}')
+    return 0
 
 
 if __name__ == '__main__':
-    run_cli(main)
+    sys.exit(run_cli(main))
