@@ -1,5 +1,7 @@
 """inference.py: the comparison of two forms, the inference and deploy forms, MAC counting, export's checks."""
 
+import os
+
 import numpy as np
 import paddle
 import pytest
@@ -92,3 +94,19 @@ def test_onnx_without_its_package_is_one_line_and_writes_nothing(tmp_path, monke
     with pytest.raises(UserError, match='-onnx needs the package paddle2onnx: pip install -r requirements-dev.txt'):
         inference.export(config, str(tmp_path / 'missing.pdparams'), str(output), onnx=True)
     assert not output.exists()
+
+
+def test_export_refuses_a_program_with_a_fixed_batch_size(tmp_path, monkeypatch):
+    """The export is checked on a batch and then on one image, so a program traced for one batch size fails."""
+    config = tiny_config(tmp_path)
+    weights = str(tmp_path / 'train.pdparams')
+    paddle.save(trained_like_model(config).state_dict(), weights)
+
+    def save_fixed_batch(model, image_size, folder):
+        spec = [paddle.static.InputSpec([inference.EXPORT_CHECK_BATCH, 3, image_size, image_size], 'float32')]
+        paddle.jit.save(paddle.jit.to_static(model, input_spec=spec, full_graph=True),
+                        os.path.join(folder, inference.MODEL_PREFIX))
+    monkeypatch.setattr(inference, 'save_inference_model', save_fixed_batch)
+    with pytest.raises(ValueError, match='shape'):  # Paddle Inference on one image: the program's reshape fails
+        inference.export(config, weights, str(tmp_path / 'export'), log=lambda *_: None)
+    assert os.listdir(tmp_path / 'export') == []
