@@ -106,11 +106,16 @@ def build_runner(args):
             raise UserError(f'{args.model_dir} has no config.yaml: is it a folder written by tools/export.py?')
         config = get_config(config_path)
         predictor = create_predictor(args.model_dir)
-        return config, lambda images: predictor_run(predictor, normalized(images, config)), [
-            args.model_dir, dataset_folder(config)]
+
+        def run(images):
+            return predictor_run(predictor, normalized(images, config))
+        return config, run, [args.model_dir, dataset_folder(config)]
     config = update_config(get_config(), args)
     model, _ = load_model(config, config.MODEL.PRETRAINED)
-    return config, lambda images: run_model(model, normalized(images, config)), [dataset_folder(config)]
+
+    def run(images):
+        return run_model(model, normalized(images, config))
+    return config, run, [dataset_folder(config)]
 
 
 def predict(args):
