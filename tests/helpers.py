@@ -1,5 +1,6 @@
 """Small models and random BN statistics shared by the tests."""
 
+import collections
 import os
 import signal
 import subprocess
@@ -122,3 +123,25 @@ def assert_same_checkpoint(path_a, path_b):
             np.testing.assert_array_equal(a[key].numpy(), b[key].numpy(), err_msg=key)
         else:
             assert a[key] == b[key], key
+
+
+def spy_on_kernels(monkeypatch):
+    """A Counter of the C++ kernel ops called from now on (by name, e.g. 'gelu_cpu'), the test's proof that the kernel
+    path ran rather than Paddle's fallback; the test is skipped where the kernels are off or not available."""
+    import cpu_ops
+    module = cpu_ops.kernels()
+    if module is None:
+        pytest.skip('the C++ CPU kernels are off or not built on this machine')
+    calls = collections.Counter()
+
+    class CountingModule:
+        def __getattr__(self, name):
+            op = getattr(module, name)
+
+            def counted(*args):
+                calls[name] += 1
+                return op(*args)
+            return counted
+
+    monkeypatch.setitem(cpu_ops._kernels, 'cpu_ops', CountingModule())
+    return calls

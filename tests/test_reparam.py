@@ -9,7 +9,7 @@ import paddle
 import pytest
 
 from helpers import randomize_batchnorms, relative_error, tiny_config
-from repmlp import ChannelAffine, build_repmlp, fold_batchnorms
+from repmlp import ChannelAffine, build_repmlp
 from utils import is_deploy_form, load_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,7 +41,7 @@ def test_folded_model_has_no_batchnorm_and_the_same_outputs(tmp_path, extra):
     model = trained_like_model(config)
     images = np.random.default_rng(1).standard_normal((3, 3, 32, 32)).astype(np.float32)
     expected = logits(model, images)
-    fold_batchnorms(model)
+    model.fold_batchnorms()
     kinds = {type(layer).__name__ for layer in model.sublayers()}
     assert not any('BatchNorm' in kind for kind in kinds), kinds
     assert not any('.bn.' in name or 'fc3_bn' in name or 'repconv' in name for name in model.state_dict())

@@ -334,7 +334,7 @@ def bench_train(args):
 def bench_infer(args):
     """The `infer` subcommand: images/s and fraction of the matmul peak of the three inference forms."""
     from export import create_predictor, predictor_run, save_inference_model
-    from repmlp import fold_batchnorms
+
 
     print(machine_info())
     config = get_config(args.cfg)
@@ -351,7 +351,7 @@ def bench_infer(args):
     with tempfile.TemporaryDirectory() as folder:
         exported = engine.build_repmlp(config)
         exported.set_state_dict(training.state_dict())
-        fold_batchnorms(exported)
+        exported.fold_batchnorms()
         save_inference_model(exported, size, folder)
         del exported
         predictor = create_predictor(folder)

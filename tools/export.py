@@ -3,7 +3,7 @@
     python tools/export.py -cfg configs/repmlp_b_224.yaml -pretrained repmlp_b_224.pdparams -output export/b224 [-onnx]
 
 Takes training-time or deploy-form `.pdparams` (the form is detected from the keys). The model is put in its
-inference form (`repmlp.fold_batchnorms`: locality injection, every conv+BN pair a conv with bias, prebn2 and
+inference form (`RepMLPNet.fold_batchnorms`: locality injection, every conv+BN pair a conv with bias, prebn2 and
 head_norm folded into the layer after them, the BN before each block a per-channel affine), traced with
 `paddle.jit.to_static` for inputs [None, 3, IMAGE_SIZE, IMAGE_SIZE] (any batch size) and saved with
 `paddle.jit.save`. `-output` then holds `model.json` (or `model.pdmodel` without PIR) and `model.pdiparams`,
@@ -28,7 +28,7 @@ import paddle  # noqa: E402
 
 from config import UserError, build_arg_parser, get_config, update_config  # noqa: E402
 from datasets import CLASS_NAMES_FILE, DEFAULT_DEMO_PATH  # noqa: E402
-from repmlp import fold_batchnorms  # noqa: E402
+
 from reparam import check_close, load_model, random_images, run_model  # noqa: E402
 from utils import run_cli  # noqa: E402
 
@@ -129,7 +129,7 @@ def export(config, weights, output_dir, onnx=False, log=print):
         differences[form] = max(check_close(out, ref, form) for out, ref in zip(outputs, expected))
         log(f'{form:<28} largest relative difference {differences[form]:.1e}')
 
-    fold_batchnorms(model)
+    model.fold_batchnorms()
     check('folded dygraph model', [run_model(model, batch) for batch in batches])
     os.makedirs(output_dir, exist_ok=True)
     staging = tempfile.mkdtemp(prefix='.export-', dir=output_dir)
