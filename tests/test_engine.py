@@ -12,7 +12,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import paddle
@@ -20,7 +19,7 @@ import pytest
 
 import engine
 from config import get_config
-from helpers import finish_process, flatten_state, start_process
+from helpers import finish_process, flatten_state, start_process, wait_for
 from repmlp import build_repmlp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -253,10 +252,7 @@ def test_a_dead_rank_ends_the_job_with_an_error(demo_path, tmp_path):
                                stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         rank_log = os.path.join(output, 'log_rank1.txt')
-        deadline = time.time() + 120
-        while not (os.path.isfile(rank_log) and 'Epoch 1/' in open(rank_log, encoding='utf-8').read()):
-            assert process.poll() is None and time.time() < deadline, 'the job did not start training'
-            time.sleep(0.2)
+        wait_for(rank_log, 'Epoch 1/', process)
         pid = int(re.search(r'\(pid (\d+)\)', open(rank_log, encoding='utf-8').read()).group(1))
         os.kill(pid, signal.SIGKILL)
         _, errors = process.communicate(timeout=60)

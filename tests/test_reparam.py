@@ -10,7 +10,7 @@ import pytest
 
 from helpers import randomize_batchnorms, relative_error, tiny_config
 from repmlp import ChannelAffine, build_repmlp, fold_batchnorms
-from utils import is_deploy_form, load_weights
+from checkpoint import is_deploy_form, load_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
