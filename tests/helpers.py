@@ -63,6 +63,12 @@ def randomize_batchnorms(model, *inputs, seed=0):
     return model
 
 
+def fake_checkpoint(epoch):
+    """The keyword arguments of checkpoint.save_checkpoint for epoch `epoch`: a 4-weight model that holds the epoch."""
+    return dict(model={'w': paddle.full([4], float(epoch))}, optimizer={}, lr_scheduler={}, scaler={}, ema=None,
+                epoch=epoch, best_acc1={'val': 0.5}, config='')
+
+
 def relative_error(output, reference):
     """Largest absolute difference, relative to the largest magnitude of the reference."""
     output, reference = np.asarray(output), np.asarray(reference)

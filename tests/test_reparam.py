@@ -8,9 +8,9 @@ import numpy as np
 import paddle
 import pytest
 
+from checkpoint import is_deploy_form, load_weights
 from helpers import randomize_batchnorms, relative_error, tiny_config
 from repmlp import ChannelAffine, build_repmlp
-from utils import is_deploy_form, load_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -19,8 +19,9 @@ import paddle  # noqa: E402
 
 from config import UserError, build_arg_parser, get_config, update_config  # noqa: E402
 from repmlp import build_repmlp  # noqa: E402
-from utils import (CheckpointError, check_state_dict, is_deploy_form, read_state_dict, run_cli,  # noqa: E402
-                   save_atomically)
+from checkpoint import (CheckpointError, check_state_dict, is_deploy_form, read_state_dict,  # noqa: E402
+                        save_atomically)
+from utils import run_cli  # noqa: E402
 
 TOLERANCE = 1e-4  # largest relative difference of the logits accepted between two forms of one network
 CHECK_BATCH = 2  # random images each form is compared on
