@@ -22,8 +22,7 @@ class ConfigError(UserError):
     """A config file, key or value that cannot be used."""
 
 
-_C = CN()
-_C.BASE = ['']  # yaml files merged before this one, relative to it
+_C = CN()  # `BASE:` in a yaml file is not a key: the files it names are merged first (_merge_yaml_file)
 
 _C.DATA = CN()
 _C.DATA.IMAGE_SIZE = 224  # side of the square network input, in pixels

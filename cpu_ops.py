@@ -3,24 +3,26 @@
 Paddle's CPU GELU makes several passes over memory, and a BN, a gate or a residual add one pass each; the kernels
 make one pass for each group of operations, with the same values (to float32 rounding), on the threads of the
 OpenMP runtime that Paddle's MKL uses:
-- `gelu`, forward and backward (a T224 training step of 8 images 874 -> 841 ms against Paddle's GELU);
-- in inference only (no gradients): `batch_norm_gelu`, `batch_norm_add` and `gated_add`, which RepMLPNet applies
-  after its products (a B224 deploy forward of 8 images against Paddle's BN, multiply and add: 571.7 -> 545.8 ms
-  with the kernels on one thread, 516.0 -> 500.3 ms with both GELUs on the threads);
+- `gelu`, forward and backward;
+- in inference only (no gradients, running statistics): `batch_norm_gelu`, `batch_norm_add` and `gated_add`, which
+  RepMLPNet applies after its products;
 - `depthwise_conv`, forward and backward, for the local perceptron's training-time branch on large partitions
-  (a T224 training step of 8 images 828 -> 787 ms against Paddle's conv and a flipped-kernel input gradient);
+  (Paddle's CPU kernel for the images' gradient is several times slower than its forward);
 - `global_norm` of many tensors in one pass, for gradient clipping (engine.GlobalNormClip).
+README's Speed section has what each saves.
 
 The kernels are built on first use with paddle.utils.cpp_extension (g++, about 10 s, kept in Paddle's extension
-folder for the next runs; processes starting together build them once) on x86-64 CPUs with AVX2. Elsewhere, for
-tensors that are not float32 on the CPU (GPU, AMP), in static graphs (export), or if the build fails (one warning),
-each function computes the same with Paddle's ops.
+folder for the next runs; processes starting together build them once) on x86-64 CPUs with AVX2, in a child
+process whose output is kept for the error message. Elsewhere, for tensors that are not float32 on the CPU (GPU,
+AMP), in static graphs (export), with REPMLP_CPU_KERNELS=0, or if the build fails (one warning), each function
+computes the same with Paddle's ops.
 """
 
-import contextlib
 import hashlib
+import json
 import os
 import platform
+import subprocess
 import sys
 import warnings
 
@@ -28,6 +30,9 @@ import runtime  # noqa: F401  (before paddle: CPU threads, MKL path, a quiet imp
 import paddle
 import paddle.nn.functional as F
 from paddle.utils import cpp_extension
+from paddle.utils.cpp_extension import extension_utils
+
+from config import UserError
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'csrc', 'cpu_ops.cc')
 # -fopenmp-simd: the `omp simd` loops with or without an OpenMP runtime; no -ffast-math (see the source)
@@ -45,7 +50,13 @@ def openmp_flags():
     return ['-fopenmp'], [f'-L{folder}', '-l:libiomp5.so', f'-Wl,-rpath,{folder}']
 
 
-_kernels = {}  # 'cpu_ops': the loaded module, or None when it cannot be built here
+SWITCH = 'REPMLP_CPU_KERNELS'  # '0' computes everything with Paddle's ops (to compare, or to rule the kernels out)
+NAME = 'repmlp_cpu_ops'
+# The child that compiles: cpp_extension.load writes its setup script, runs the compiler and imports the result,
+# printing along the way; in a child, all of it lands in the pipes this process reads.
+COMPILE_SCRIPT = 'import json, sys; from paddle.utils import cpp_extension; cpp_extension.load(**json.loads(sys.argv[1]))'
+
+_kernels = {}  # 'cpu_ops': the loaded module, or None when it is switched off or cannot be built here
 
 
 def cpu_has_avx2():
@@ -56,23 +67,12 @@ def cpu_has_avx2():
         return any(line.startswith('flags') and ' avx2' in line for line in cpuinfo)
 
 
-@contextlib.contextmanager
-def silenced_output():
-    """Send this process's stdout and stderr, Python's and the C library's alike, to /dev/null for a while: the
-    build's compiler and Paddle's import notes write to the file descriptors directly."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    with open(os.devnull, 'w') as devnull:
-        os.dup2(devnull.fileno(), 1)
-        os.dup2(devnull.fileno(), 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in saved:
-            os.close(fd)
+def kernels_switched_on():
+    """False when REPMLP_CPU_KERNELS is 0; a value other than 0 or 1 is a UserError naming the variable."""
+    value = os.environ.get(SWITCH, '1').strip()
+    if value not in ('0', '1'):
+        raise UserError(f'{SWITCH}={value!r}: use 1 (the C++ CPU kernels, the default) or 0 (Paddle\'s ops only)')
+    return value == '1'
 
 
 def _signature(compile_flags, link_flags):
@@ -82,13 +82,24 @@ def _signature(compile_flags, link_flags):
     return hashlib.sha256(content + repr((BUILD_FLAGS, compile_flags, link_flags)).encode()).hexdigest()
 
 
-def _build():
-    """The compiled module, built or reloaded under a file lock; None with a warning if it cannot be built.
+def _compile(folder, compile_flags, link_flags):
+    """Build the library into `folder` in a child process; on failure a RuntimeError with the compiler's first
+    error line (or the child's last line)."""
+    arguments = dict(name=NAME, sources=[SOURCE], extra_cxx_cflags=BUILD_FLAGS + compile_flags,
+                     extra_ldflags=link_flags, build_directory=folder, verbose=False)
+    child = subprocess.run([sys.executable, '-c', COMPILE_SCRIPT, json.dumps(arguments)],
+                           capture_output=True, text=True)
+    if child.returncode != 0:
+        lines = (child.stderr + child.stdout).strip().splitlines()
+        errors = [line.strip() for line in lines if 'error:' in line]
+        raise RuntimeError(errors[0] if errors else lines[-1] if lines else f'the build exited with {child.returncode}')
 
-    A build (about 10 s) says so on stderr first; a reload of what was built for the same source and flags is
-    silent (the signature of the last build is kept beside it)."""
+
+def _build():
+    """The compiled module, built (once per source and flags) or reloaded under a file lock; None with a warning
+    if it cannot be built. A build says so on stderr first."""
     import fcntl  # POSIX only, like the kernel's build
-    folder = os.path.join(cpp_extension.get_build_directory(), 'repmlp_cpu_ops')
+    folder = os.path.join(cpp_extension.get_build_directory(), NAME)
     stamp = os.path.join(folder, 'built_from.sha256')
     try:
         os.makedirs(folder, exist_ok=True)
@@ -96,27 +107,31 @@ def _build():
             fcntl.flock(lock, fcntl.LOCK_EX)  # ranks starting together: one builds, the others load its result
             compile_flags, link_flags = openmp_flags()
             signature = _signature(compile_flags, link_flags)
-            if not os.path.isfile(stamp) or open(stamp, encoding='ascii').read() != signature:
+            library = os.path.join(folder, NAME, f'{NAME}.so')
+            if not os.path.isfile(library) or not os.path.isfile(stamp) or _read(stamp) != signature:
                 print(f'building the C++ CPU kernels ({os.path.relpath(SOURCE)} into {folder}; about 10 s, once)',
                       file=sys.stderr, flush=True)
-            with silenced_output():
-                module = cpp_extension.load(name='repmlp_cpu_ops', sources=[SOURCE],
-                                            extra_cxx_cflags=BUILD_FLAGS + compile_flags, extra_ldflags=link_flags,
-                                            build_directory=folder, verbose=False)
-            with open(stamp, 'w', encoding='ascii') as file:
-                file.write(signature)
-            return module
+                _compile(folder, compile_flags, link_flags)
+                with open(stamp, 'w', encoding='ascii') as file:
+                    file.write(signature)
+            # cpp_extension.load would run the setup script again (and print); this is the import step alone
+            return extension_utils._import_module_from_library(NAME, os.path.join(folder, NAME))
     except Exception as error:  # noqa: BLE001  (any build failure: the fallback is exact, only slower)
         message = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
         warnings.warn(f'the C++ CPU kernels did not build ({message}); using Paddle\'s ops')
         return None
 
 
+def _read(path):
+    with open(path, encoding='ascii') as file:
+        return file.read()
+
+
 def kernels():
     """The loaded C++ module (ops `gelu_cpu`, `batch_norm_gelu_cpu`, `batch_norm_add_cpu`, `gated_add_cpu`,
-    `depthwise_conv_cpu`, `sum_of_squares_cpu`), or None where it is not available."""
+    `depthwise_conv_cpu`, `sum_of_squares_cpu`), or None where it is not available or switched off."""
     if 'cpu_ops' not in _kernels:
-        _kernels['cpu_ops'] = _build() if cpu_has_avx2() else None
+        _kernels['cpu_ops'] = _build() if kernels_switched_on() and cpu_has_avx2() else None
     return _kernels['cpu_ops']
 
 
@@ -160,32 +175,39 @@ def batch_norm_gelu(x, bn):
 
 
 def batch_norm_add(residual, x, bn):
-    """residual + bn(x) for x and residual [N, C, ...] and a BatchNorm layer over their channels."""
+    """residual + bn(x) for x and residual [N, C, ...] and a BatchNorm layer over their channels; residual + x when
+    `bn` is None (a BN folded away)."""
+    if bn is None:
+        return residual + x
     module, statistics = _batch_norm_kernels(bn, residual, x)
     if module is None:
         return residual + bn(x)
     return module.batch_norm_add_cpu(_contiguous(residual), _contiguous(x), *statistics, bn._epsilon)
 
 
-def gated_add(residual, x, gate, bias=None):
-    """residual + (x + bias) * gate for x and residual [N, C, H, W], gate [N, C, 1, 1] (one value per map) and a bias
-    [S, H*W] whose row c % S is added to the map of channel c (C a multiple of S), or None."""
-    module = _kernels_for(residual, x, gate, *([] if bias is None else [bias]), inference=True)
-    if module is not None:
-        return module.gated_add_cpu(_contiguous(residual), _contiguous(x), _contiguous(gate),
-                                    None if bias is None else _contiguous(bias))
+def gated(x, gate, bias=None):
+    """(x + bias) * gate for x [N, C, H, W], gate [N, C, 1, 1] (one value per map) and a bias [S, H*W] whose row
+    c % S is added to the map of channel c (C a multiple of S), or None; with Paddle's ops."""
     if bias is not None:
         channels, height, width = x.shape[1:]
         sets = bias.shape[0]
         # [N, C, H, W] -> [N, C/S, S, H*W], to which the bias [S, H*W] broadcasts along the leading axes
         x = (x.reshape([-1, channels // sets, sets, height * width]) + bias).reshape([-1, channels, height, width])
-    return residual + x * gate
+    return x * gate
+
+
+def gated_add(residual, x, gate, bias=None):
+    """residual + gated(x, gate, bias), residual [N, C, H, W] like x."""
+    module = _kernels_for(residual, x, gate, *([] if bias is None else [bias]), inference=True)
+    if module is None:
+        return residual + gated(x, gate, bias)
+    return module.gated_add_cpu(_contiguous(residual), _contiguous(x), _contiguous(gate),
+                                None if bias is None else _contiguous(bias))
 
 
 def depthwise_conv(images, kernel):
     """Depthwise k x k conv (stride 1, zero padding k // 2, k odd) of images [N, C, H, W] with a kernel [C, 1, k, k],
-    with its gradients: F.conv2d's values, 2-3x faster forward + backward (Paddle's CPU kernel for the images'
-    gradient alone is 5x slower than its forward)."""
+    with its gradients: F.conv2d's values."""
     module = _kernels_for(images, kernel)
     if module is None:
         return F.conv2d(images, kernel, padding=kernel.shape[-1] // 2, groups=kernel.shape[0])
@@ -195,7 +217,7 @@ def depthwise_conv(images, kernel):
 def global_norm(tensors):
     """The L2 norm of all the values of `tensors` together (a Python float, summed in double), or None where the
     kernel does not take them (the caller then uses Paddle's ops): one pass over memory for all of them, where
-    Paddle's gradient clipping runs one reduction per tensor (T224's gradients: 3.6 against 7.4 ms)."""
+    Paddle's gradient clipping runs one reduction per tensor."""
     if not tensors or any(t.is_selected_rows() for t in tensors):
         return None
     module = _kernels_for(*tensors)

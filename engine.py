@@ -3,8 +3,9 @@
 - builders: the learning rates scaled to the effective batch, the per-iteration warmup + cosine schedule,
   AdamW without weight decay on BN parameters and biases, the weight EMA, the AMP context;
 - the loops: `train_one_epoch(trainer, loader, epoch) -> dict` and `validate(model, loader, config) -> dict`;
-- `run(config)`: a whole evaluation or training run in this process. When a parallel environment is
-  initialised (main_multi_gpu.py) the process is one rank of a data-parallel job; otherwise it is alone.
+- `run(config)`: a whole evaluation (`run_evaluation`) or training run (`run_training`) in this process. When a
+  parallel environment is initialised (main_multi_gpu.py) the process is one rank of a data-parallel job;
+  otherwise it is alone.
 
 Randomness: every rank reseeds Python, NumPy and Paddle at the start of each epoch from (SEED, epoch, rank),
 so the random draws of an epoch do not depend on what ran before it, and a resumed run repeats them exactly.
@@ -28,6 +29,8 @@ import paddle
 import paddle.nn.functional as F
 from paddle import nn
 
+import charts
+import checkpoint
 import cpu_ops
 import datasets
 import transforms
@@ -136,8 +139,9 @@ def no_decay_names(model):
 
 class GlobalNormClip(nn.ClipGradByGlobalNorm):
     """Paddle's ClipGradByGlobalNorm, with the norm from one pass of cpu_ops.global_norm and no multiply when the
-    norm is within the bound (Paddle multiplies by a factor of exactly 1 then): T224's gradients, 28 -> 4 ms a step
-    when not clipped. Gradients that the kernel does not take go through Paddle's own clipping."""
+    norm is within the bound, where Paddle's clip still multiplies every gradient by exactly 1: a step that is not
+    clipped then reads each gradient once instead of twice, with no writes. Gradients that the kernel does not take
+    go through Paddle's own clipping."""
 
     @paddle.no_grad()
     def _dygraph_clip(self, params_grads):
@@ -172,9 +176,9 @@ def load_pretrained(config, model, logger):
     """Load MODEL.PRETRAINED strictly, or with MODEL.FINETUNE all but the classifier (logging what was left out)."""
     path = config.MODEL.PRETRAINED
     if not config.MODEL.FINETUNE:
-        utils.load_weights(model, path)
+        checkpoint.load_weights(model, path)
         return
-    left_out = utils.load_weights_except_head(model, path)
+    left_out = checkpoint.load_weights_except_head(model, path)
     logger.info(f'fine-tuning from {path}: loaded every weight but the classifier; left out '
                 + '; '.join(f'{name} ({reason})' for name, reason in left_out))
 
@@ -217,7 +221,7 @@ def set_backbone_lr_scale(model, scale):
     step (AdamW's decoupled weight decay too), so one schedule drives both LRs.
     """
     for name, param in model.named_parameters():
-        if not param.stop_gradient and not name.startswith(utils.CLASSIFIER_PREFIX):
+        if not param.stop_gradient and not name.startswith(checkpoint.CLASSIFIER_PREFIX):
             param.optimize_attr['learning_rate'] = scale
 
 
@@ -313,8 +317,8 @@ def train_one_epoch(trainer, loader, epoch):
         is_update = (index + 1) % accum_iter == 0
         loss = _forward_backward(trainer, images, targets, is_update)
         if not math.isfinite(loss):
-            found = utils.list_checkpoints(config.SAVE)
-            last_good = f'the last good checkpoint is {found[-1]}' if found else f'no checkpoint yet in {config.SAVE}'
+            found = checkpoint.newest_checkpoint(config.SAVE)
+            last_good = f'the last good checkpoint is {found}' if found else f'no checkpoint yet in {config.SAVE}'
             raise TrainingDiverged(f'epoch {epoch + 1}, batch {index + 1}: the loss is {loss}; stopped before the '
                                    f'update, {last_good}. Lower TRAIN.BASE_LR or set TRAIN.GRAD_CLIP')
         if is_update:
@@ -369,7 +373,8 @@ def _optimizer_step(trainer):
     trainer.scaler.step(trainer.optimizer)
     skipped = trainer.scaler.is_enable() and bool(getattr(trainer.scaler, '_cache_found_inf', False))
     trainer.scaler.update()
-    # release the gradients (the next backward writes new ones): zero-filling them is a pass, 5 ms a step on T224
+    # release the gradients rather than zero-fill them: the next backward writes new ones, a fill would be a pass
+    # over every gradient for nothing
     trainer.optimizer.clear_grad(set_to_zero=False)
     trainer.lr_scheduler.step()
     if trainer.ema is not None:
@@ -435,7 +440,7 @@ def run(config):
     logger.info(f'rank {utils.get_rank()} of {utils.get_world_size()} (pid {os.getpid()}) on {paddle.get_device()}, '
                 f'AMP {amp}; resolved config in {os.path.join(config.SAVE, "config.yaml")}')
     try:
-        return evaluate(config, logger) if config.EVAL else train(config, logger)
+        return run_evaluation(config, logger) if config.EVAL else run_training(config, logger)
     except runtime.StopRequested as stop:
         if not config.EVAL:
             stop.message += f'; {how_to_continue(config)}'
@@ -445,8 +450,8 @@ def run(config):
 
 def how_to_continue(config):
     """Where the last checkpoint is and the command that continues from it (this one with -resume auto)."""
-    found = utils.list_checkpoints(config.SAVE)
-    last = f'the last checkpoint is {found[-1]}' if found else f'no checkpoint in {config.SAVE} yet'
+    found = checkpoint.newest_checkpoint(config.SAVE)
+    last = f'the last checkpoint is {found}' if found else f'no checkpoint in {config.SAVE} yet'
     words = list(sys.argv)
     if '-resume' not in words:
         at = words.index('-opts') if '-opts' in words else len(words)
@@ -507,19 +512,18 @@ def build_loader(config, is_train):
 def save_resolved_config(config):
     """Rank 0 writes the run's resolved config as SAVE/config.yaml."""
     if utils.is_main_process():
-        with open(os.path.join(config.SAVE, 'config.yaml'), 'w', encoding='utf-8') as file:
-            file.write(config.dump())
+        checkpoint.write_text_atomically(os.path.join(config.SAVE, 'config.yaml'), config.dump())
 
 
-def evaluate(config, logger):
+def run_evaluation(config, logger):
     """Evaluate MODEL.PRETRAINED; rank 0 writes SAVE/metrics.json. Returns the metrics."""
     save_resolved_config(config)
     seed_everything(config.SEED)
     model = build_repmlp(config)
-    utils.load_weights(model, config.MODEL.PRETRAINED)
+    checkpoint.load_weights(model, config.MODEL.PRETRAINED)
     metrics = validate(model, build_loader(config, is_train=False), config, logger)
     if utils.is_main_process():
-        utils.write_json(metrics, os.path.join(config.SAVE, 'metrics.json'))
+        checkpoint.write_json(metrics, os.path.join(config.SAVE, 'metrics.json'))
     logger.info(f'{config.MODEL.PRETRAINED}: acc1 {metrics["acc1"]:.5f} acc5 {metrics["acc5"]:.5f} '
                 f'loss {metrics["loss"]:.5f} on {metrics["num_images"]} images, {metrics["images_per_sec"]:.1f} img/s')
     return metrics
@@ -592,7 +596,7 @@ def restore(trainer, path):
 
     Only rank 0 reads the file; every rank gets its content (nodes need not share a filesystem)."""
     def read_and_check():
-        state = utils.load_checkpoint(path)
+        state = checkpoint.load_checkpoint(path)
         check_schedule_unchanged(trainer.config, state['config'], path)
         if trainer.config.TRAIN.LAST_EPOCH not in (0, state['epoch']):
             raise ConfigError(f'-last_epoch {trainer.config.TRAIN.LAST_EPOCH} contradicts {path}, which is after '
@@ -603,7 +607,7 @@ def restore(trainer, path):
         return state
 
     state = utils.on_main_process(read_and_check)
-    utils.check_state_dict(trainer.raw_model, state['model'], path)
+    checkpoint.check_state_dict(trainer.raw_model, state['model'], path)
     trainer.raw_model.set_state_dict(state['model'])
     trainer.optimizer.set_state_dict(state['optimizer'])
     trainer.lr_scheduler.set_state_dict(state['lr_scheduler'])
@@ -615,43 +619,20 @@ def restore(trainer, path):
     return state['epoch']
 
 
-def checkpoint_to_resume(config):
-    """The checkpoint that every rank resumes from (None: none), as rank 0 resolves MODEL.RESUME in its SAVE.
-
-    Ranks on nodes without a shared filesystem find no checkpoint of their own (only rank 0 writes them) and
-    follow rank 0. A rank whose own SAVE resolves to a checkpoint of another epoch than rank 0's would be
-    resuming another state: RanksDisagree on every rank.
-    """
-    if not config.MODEL.RESUME:
-        return None
-    mine = utils.resolve_resume(config.MODEL.RESUME, config.SAVE)
-    mine = mine if mine and os.path.isfile(mine) else None
-    per_rank = utils.gather_objects((mine, utils.checkpoint_epoch(mine)))
-    chosen, chosen_epoch = per_rank[0]
-    others = [(rank, path, epoch) for rank, (path, epoch) in enumerate(per_rank)
-              if path is not None and rank > 0 and epoch != chosen_epoch]
-    if others:
-        rank, path, epoch = others[0]
-        main = f'{chosen} (epoch {chosen_epoch})' if chosen else 'no checkpoint'
-        raise utils.RanksDisagree(f'-resume {config.MODEL.RESUME}: rank {rank} finds {path} (epoch {epoch}) but '
-                                  f'rank 0 {main}; give every node the same checkpoints, or remove the stray ones')
-    return chosen
-
-
 def refuse_to_overwrite(config):
     """ConfigError when a new training run (no MODEL.RESUME) would write into an SAVE that holds another run's
     checkpoints: its checkpoint-0001 would be pruned at once by the old run's higher epochs (KEEP_LAST), and a
     later -resume auto would continue the old run."""
-    found = utils.list_checkpoints(config.SAVE)
+    found = checkpoint.newest_checkpoint(config.SAVE)
     if found and not config.MODEL.RESUME and not config.EVAL:
         raise ConfigError(f'{config.SAVE} already holds the checkpoints of a run (up to '
-                          f'{os.path.basename(found[-1])}): continue it with -resume auto, or give another -output')
+                          f'{os.path.basename(found)}): continue it with -resume auto, or give another -output')
 
 
-def checkpoint(trainer, epochs_done):
+def write_checkpoint(trainer, epochs_done):
     """Rank 0 writes the training checkpoint after `epochs_done` epochs (and deletes the older surplus)."""
     config = trainer.config
-    path = utils.save_checkpoint(
+    path = checkpoint.save_checkpoint(
         config.SAVE, config.KEEP_LAST, model=trainer.raw_model.state_dict(), optimizer=trainer.optimizer.state_dict(),
         lr_scheduler=trainer.lr_scheduler.state_dict(), scaler=trainer.scaler.state_dict(),
         ema=trainer.ema.model.state_dict() if trainer.ema is not None else None, epoch=epochs_done,
@@ -659,7 +640,7 @@ def checkpoint(trainer, epochs_done):
     trainer.logger.info(f'saved {path}')
 
 
-def train(config, logger):
+def run_training(config, logger):
     """Train from scratch, PRETRAINED weights or a RESUME checkpoint to TRAIN.NUM_EPOCHS; returns the last stats."""
     train_loader = build_loader(config, is_train=True)
     val_loader = build_loader(config, is_train=False)
@@ -670,12 +651,12 @@ def train(config, logger):
                           f'TRAIN.ACCUM_ITER={config.TRAIN.ACCUM_ITER}: lower -batch_size or -accum_iter')
     trainer = build_trainer(config, logger, steps_per_epoch)
     start_epoch = config.TRAIN.LAST_EPOCH
-    resume = checkpoint_to_resume(config)
+    resume = checkpoint.checkpoint_to_resume(config)
     if resume:
         start_epoch = restore(trainer, resume)
         logger.info(f'resumed from {resume} after epoch {start_epoch}')
         if utils.is_main_process():
-            utils.drop_epochs_after(os.path.join(config.SAVE, 'log.jsonl'), start_epoch)
+            checkpoint.drop_epochs_after(os.path.join(config.SAVE, 'log.jsonl'), start_epoch)
     elif config.MODEL.RESUME:
         logger.info(f'-resume auto: no checkpoint in {config.SAVE}, starting at epoch {start_epoch + 1}')
     save_resolved_config(config)  # after the checks: a refused run leaves the folder's config.yaml as it was
@@ -690,7 +671,7 @@ def train(config, logger):
         raise
     if stats and utils.is_main_process():
         curves = os.path.join(config.SAVE, 'curves.png')
-        utils.plot_training_curves(os.path.join(config.SAVE, 'log.jsonl'), curves)
+        charts.plot_training_curves(os.path.join(config.SAVE, 'log.jsonl'), curves)
         logger.info(f'finished {stats["epoch"]} epochs: val top-1 {stats["val_acc1"]:.4f}, top-5 {stats["val_acc5"]:.4f} '
                     f'on {stats["val_num_images"]} images (best top-1 {stats["best_val_acc1"]:.4f}); '
                     f'weights {os.path.join(config.SAVE, "best.pdparams")}, curves {curves}')
@@ -719,9 +700,9 @@ def train_and_validate_epoch(trainer, train_loader, val_loader, epoch):
     logger.info(f'epoch {done}: ' + ' '.join(f'{key} {value:.5g}' for key, value in stats.items() if key != 'epoch'))
     if utils.is_main_process():
         # logged before the checkpoint: a resumed run drops the lines after its checkpoint and writes them again
-        utils.write_json(stats, os.path.join(config.SAVE, 'log.jsonl'), append=True)
+        checkpoint.write_json(stats, os.path.join(config.SAVE, 'log.jsonl'), append=True)
     if (done % config.SAVE_FREQ == 0 or last) and utils.is_main_process():
-        checkpoint(trainer, done)
+        write_checkpoint(trainer, done)
     return stats
 
 
@@ -735,5 +716,5 @@ def _validate_and_keep_best(trainer, model, loader, prefix):
         trainer.best_acc1[prefix] = metrics['acc1']
         if utils.is_main_process():
             name = 'best.pdparams' if prefix == 'val' else f'best_{prefix}.pdparams'
-            utils.save_atomically(model.state_dict(), os.path.join(config.SAVE, name))
+            checkpoint.save_atomically(model.state_dict(), os.path.join(config.SAVE, name))
     return {f'{prefix}_{key}': value for key, value in metrics.items()}

@@ -16,10 +16,10 @@ import runtime  # before paddle: CPU threads and MKL path
 import paddle
 from paddle import nn
 
+from checkpoint import check_state_dict, is_deploy_form, read_state_dict
 from config import UserError
 from datasets import CLASS_NAMES_FILE, DatasetError, resolve_data_path
-from repmlp import RepMLPBlock, build_repmlp
-from utils import check_state_dict, is_deploy_form, read_state_dict
+from repmlp import RepMLPNetUnit, build_repmlp
 
 TOLERANCE = 1e-4  # largest relative difference of the logits accepted between two forms of one network
 MODEL_PREFIX = 'model'  # file names in an export folder: model.json / model.pdmodel, model.pdiparams, model.onnx
@@ -85,13 +85,6 @@ def deploy_model(config, model):
     deployed.set_state_dict(state)
     deployed.eval()
     return deployed
-
-
-def fold(model):
-    """`model` in its inference form, in place: eval mode (the BN statistics become constants), locality
-    injected, every BN folded away (see RepMLPNet.fold_batchnorms); returns `model`."""
-    model.eval()
-    return model.fold_batchnorms()
 
 
 def dataset_folder(config):
@@ -222,7 +215,7 @@ def export(config, weights, output_dir, onnx=False, log=print):
         differences[form] = max(check_close(out, ref, form) for out, ref in zip(outputs, expected))
         log(f'{form:<28} largest relative difference {differences[form]:.1e}')
 
-    fold(model)
+    model.fold_batchnorms()
     check('folded dygraph model', functools.partial(run_model, model))
     os.makedirs(output_dir, exist_ok=True)
     staging = tempfile.mkdtemp(prefix='.export-', dir=output_dir)
@@ -249,13 +242,15 @@ def _linear_macs(layer, inputs, output):
     return int(np.prod(output.shape)) * layer.weight.shape[0]
 
 
-def _repmlp_block_macs(layer, inputs, output):
-    # fc3: each output element sums h*w products; each local k x k depthwise branch, k*k products
-    # (counted as the convs they are, whatever form the implementation computes them in)
-    return int(np.prod(inputs[0].shape)) * (layer.h * layer.w + sum(k * k for k in layer.reparam_conv_k))
+def _repmlp_unit_macs(unit, inputs, output):
+    # the unit's RepMLPBlock (which the unit calls through its gate_terms, so no hook of the block's own fires):
+    # fc3: each output element sums h*w products; each local k x k depthwise branch, k*k products (counted as the
+    # convs they are, whatever form the implementation computes them in)
+    block = unit.repmlp_block
+    return int(np.prod(inputs[0].shape)) * (block.h * block.w + sum(k * k for k in block.reparam_conv_k))
 
 
-MAC_COUNTERS = {nn.Conv2D: _conv_macs, nn.Linear: _linear_macs, RepMLPBlock: _repmlp_block_macs}
+MAC_COUNTERS = {nn.Conv2D: _conv_macs, nn.Linear: _linear_macs, RepMLPNetUnit: _repmlp_unit_macs}
 
 
 def count_macs(model, image_size):

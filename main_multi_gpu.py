@@ -19,6 +19,7 @@ import time
 import runtime
 import paddle
 
+import checkpoint
 import engine
 import utils
 from config import ConfigError, build_arg_parser, get_config, update_config
@@ -53,7 +54,8 @@ def worker(config):
         paddle.distributed.init_parallel_env()
     heartbeat = utils.Heartbeat()
     try:
-        run_cli(lambda: utils.report_lost_ranks(lambda: engine.run(config), config.SAVE, heartbeat))
+        run_cli(lambda: utils.report_lost_ranks(lambda: engine.run(config), config.SAVE, heartbeat,
+                                                checkpoint.newest_checkpoint))
     finally:
         heartbeat.stop()
 

@@ -21,7 +21,7 @@ import paddle.nn.functional as F
 from paddle import nn
 
 from config import PATCH_SIZE
-from cpu_ops import batch_norm_add, batch_norm_gelu, depthwise_conv, gated_add, gelu
+from cpu_ops import batch_norm_add, batch_norm_gelu, depthwise_conv, gated, gated_add, gelu
 
 GLOBAL_PERCEPTRON_REDUCE = 4  # the global perceptron's hidden width is channels / 4 in every variant
 FFN_EXPAND = 4  # the FFN's hidden width is 4x the stage channels
@@ -55,8 +55,8 @@ def per_channel(x, scale=None, shift=None):
     """x * scale + shift with one value per channel of x [N, C, H, W] (either may be None).
 
     Computed on the view [N, C, H*W] with [C, 1] operands: Paddle's CPU kernels broadcast a [1, C, 1, 1] operand
-    over [N, C, H, W] about 18x slower (15 ms against 0.8 ms for a batch of 8 stage-1 maps of B224), which made
-    a conv with a bias slower than the same conv followed by a BN. Works with a dynamic batch size when traced.
+    over [N, C, H, W] on a slow path, slow enough to make a conv with a bias slower than the same conv followed by
+    a BN. Works with a dynamic batch size when traced.
     """
     channels, height, width = x.shape[1:]
     out = x.reshape([-1, channels, height * width])  # [N, C, H, W] -> [N, C, H*W]
@@ -99,7 +99,8 @@ def channel_affine_from_bn(bn):
 
 @paddle.no_grad()
 def fuse_conv_bn(block):
-    """In place: the `conv` of a `conv_bn` Sequential takes its `bn` in as a bias; the `bn` is removed."""
+    """In place: the `conv` of a `conv_bn` Sequential takes its `bn` in as a bias; the `bn` is removed. Returns the
+    new conv (a BiasedConv2D)."""
     conv, bn = block.conv, block.bn
     scale, shift = bn_scale_shift(bn)
     fused = BiasedConv2D(conv._in_channels, conv._out_channels, conv._kernel_size, stride=conv._stride,
@@ -109,7 +110,7 @@ def fuse_conv_bn(block):
     fused.bias.set_value((shift + conv_bias).astype(conv.weight.dtype))
     block.conv = fused  # replaces the entry in place, so the Sequential's order is kept
     del block.bn
-    return block
+    return fused
 
 
 @paddle.no_grad()
@@ -128,7 +129,7 @@ def permute(x, shape, order):
     """`x` viewed as `shape` (its batch entry may be -1) and transposed by `order`, as a tensor of merged axes.
 
     Axes of size 1 are dropped and axes that stay neighbours are merged before transposing, so that Paddle's CPU
-    transpose runs on three axes instead of seven (17 ms -> 0.6 ms for a stage-2 map of 8 images). The caller
+    transpose, whose cost grows steeply with the number of axes, runs on three axes instead of seven. The caller
     reshapes the result to the shape it wants; the element order is that of the full transpose.
     """
     kept = [axis for axis in range(len(shape)) if shape[axis] != 1]
@@ -163,8 +164,8 @@ def conv_placement(h, w, size, dtype):
 def conv_matrices(kernel, h, w):
     """Depthwise conv kernels [S, 1, K, K] (zero padding K // 2) on an h x w map as matrices [S, h*w (out), h*w (in)].
 
-    One product with a 0/1 placement, faster forward and backward than gathering the taps and scattering them into
-    zeros (B224's 14x14 stage, 32 kernels: 2.4 -> 1.3 ms; its 7x7 stage, 128 kernels: 1.6 -> 0.3 ms)."""
+    One product with a 0/1 placement: a single matmul forward and backward, where gathering the taps and scattering
+    them into zeros takes several ops each way."""
     sets, size = kernel.shape[0], kernel.shape[-1]
     placement = conv_placement(h, w, size, kernel.dtype)
     return paddle.matmul(kernel.reshape([sets, size * size]), placement).reshape([sets, h * w, h * w])
@@ -173,8 +174,7 @@ def conv_matrices(kernel, h, w):
 def spatial_mean(x):
     """The mean of each map of x [N, C, H, W] -> [N, C], as a product with a constant column.
 
-    Paddle's CPU pooling kernel is slower than this product (a batch of 8 first-stage maps of B224: forward 1.13
-    against 0.13 ms, forward + backward 2.4 against 1.3 ms).
+    A product runs on MKL's threads and vector units; Paddle's CPU pooling kernel does not, forward or backward.
     """
     channels, height, width = x.shape[1:]
     column = paddle.full([height * width, 1], 1.0 / (height * width), dtype=x.dtype)
@@ -270,15 +270,20 @@ class RepMLPBlock(nn.Layer):
                 self.add_sublayer(f'repconv{k}', conv_bn(num_sharesets, num_sharesets, k, padding=k // 2,
                                                          groups=num_sharesets))
 
-    def forward(self, x, residual):
-        """residual + the block's output for x, both [N, C, H, W]."""
+    def forward(self, x):
+        """The block's output for x [N, C, H, W]: the channel perceptron's FC output scaled by the global gate."""
+        return gated(*self.gate_terms(x))
+
+    def gate_terms(self, x):
+        """(FC output [N, C, H, W], gate [N, C, 1, 1], bias [S, H*W] or None) whose `cpu_ops.gated` is the block's
+        output; kept apart so that the unit adds them to its residual in one pass (`cpu_ops.gated_add`)."""
         _, channels, height, width = x.shape
         sets, h, w = self.num_sharesets, self.h, self.w
-        groups, h_parts, w_parts = channels // sets, height // h, width // w
+        channels_per_set, h_parts, w_parts = channels // sets, height // h, width // w
         gate = self.gp(x)
         # x is viewed as [N, C/S, S, hp, h, wp, w]; a partition's rows M are (n, C/S, hp, wp), or in the official
         # gather order (n, hp, wp, C/S). Either way they are put back as (n, C/S, hp, wp) (see the docstring).
-        view = [-1, groups, sets, h_parts, h, w_parts, w]
+        view = [-1, channels_per_set, sets, h_parts, h, w_parts, w]
         rows = [0, 3, 5, 1] if self.official_order else [0, 1, 3, 5]
         # [N, C/S, S, hp, h, wp, w] -> [S, M, h, w] -> [S, M, h*w]
         parts = permute(x, view, [2] + rows + [4, 6]).reshape([sets, -1, h * w])
@@ -290,8 +295,8 @@ class RepMLPBlock(nn.Layer):
             # [S, h*w] -> [S, hp, h, wp, w] -> [S, H*W]: the bias at every pixel of a map, added with the gate
             bias = bias.reshape([sets, 1, h, 1, w]).tile([1, h_parts, 1, w_parts, 1]).reshape([sets, -1])
         # [S, N, C/S, hp, wp, h, w] -> [N, C/S, S, hp, h, wp, w]
-        out = permute(out, [sets, -1, groups, h_parts, w_parts, h, w], [1, 2, 0, 3, 5, 4, 6])
-        return gated_add(residual, out.reshape([-1, channels, height, width]), gate, bias)
+        out = permute(out, [sets, -1, channels_per_set, h_parts, w_parts, h, w], [1, 2, 0, 3, 5, 4, 6])
+        return out.reshape([-1, channels, height, width]), gate, bias
 
     def _training_branches(self, parts):
         """fc3, its BN and the local perceptron as separate branches with batch statistics: [S, M, h*w] -> same."""
@@ -305,9 +310,9 @@ class RepMLPBlock(nn.Layer):
     def _local_perceptron(self, parts):
         """Sum of the conv+BN branches on each partition: [S, M, h*w] -> [S, M, h*w].
 
-        The cheapest exact form of each conv, measured forward + backward: a 1x1 depthwise conv is a scale per
-        share-set; on small partitions a k x k conv is fastest as a product with its (banded) h*w x h*w matrix
-        (a 7x7 stage: 14 ms as a depthwise conv, 3.7 ms as a product); on large ones as a depthwise conv.
+        The cheapest exact form of each conv, forward + backward: a 1x1 depthwise conv is a scale per share-set; on
+        small partitions a k x k conv is fastest as a product with its (banded) h*w x h*w matrix, whose size grows
+        with the square of the partition's area; on large ones as a depthwise conv.
         """
         sets, h, w = self.num_sharesets, self.h, self.w
         outputs = []
@@ -380,6 +385,24 @@ class RepMLPBlock(nn.Layer):
         self.deploy = True
 
 
+def on_pixels(pointwise, x):
+    """`pointwise` (1x1 convs, per-channel ops) applied to x [N, C, H, W].
+
+    Maps up to ONE_PRODUCT_MAX_AREA pixels go in as one image holding every pixel of the batch, so that each 1x1
+    conv is one matrix product instead of one per image; the per-channel ops see the same values either way.
+    """
+    channels, height, width = x.shape[1:]
+    if height * width > ONE_PRODUCT_MAX_AREA:
+        return pointwise(x)
+    # [N, C, H, W] -> [C, N, H*W] -> [1, C, N*H*W, 1]
+    x = x.reshape([-1, channels, height * width]).transpose([1, 0, 2]).reshape([1, channels, -1, 1])
+    out = pointwise(x)
+    out_channels = out.shape[1]
+    # [1, C', N*H*W, 1] -> [C', N, H*W] -> [N, C', H, W]
+    out = out.reshape([out_channels, -1, height * width]).transpose([1, 0, 2])
+    return out.reshape([-1, out_channels, height, width])
+
+
 class FFNBlock(nn.Layer):
     """1x1 conv+BN, GELU, 1x1 conv+BN: the per-pixel feed-forward network."""
 
@@ -388,32 +411,39 @@ class FFNBlock(nn.Layer):
         self.ffn_fc1 = conv_bn(channels, hidden_channels, 1)
         self.ffn_fc2 = conv_bn(hidden_channels, channels, 1)
 
-    def forward(self, x, residual):
-        """residual + FFN(x), both [N, C, H, W]."""
-        channels, height, width = x.shape[1:]
-        one_product = height * width <= ONE_PRODUCT_MAX_AREA
-        if one_product:
-            # Small maps as one image holding every pixel of the batch: the 1x1 convs become one matrix product
-            # each instead of one per image, and the BNs see the same values per channel. Batch 8: B224's last
-            # stage eval 18.6 -> 15.6 ms and training forward + backward 60.6 -> 49.4 ms; with the third stage
-            # too (14x14), the deploy forward 536 -> 526 ms and T224's forward + backward 814 -> 803 ms; B256's
-            # (16x16) deploy forward 770 -> 750 ms. Larger maps gain nothing (28x28: 526 ms).
-            # [N, C, H, W] -> [C, N, H*W] -> [1, C, N*H*W, 1]
-            x = x.reshape([-1, channels, height * width]).transpose([1, 0, 2]).reshape([1, channels, -1, 1])
-        out = self.ffn_fc2.conv(self._fc1_gelu(x))
-        if one_product:
-            # [1, C, N*H*W, 1] -> [C, N, H*W] -> [N, C, H, W]; the BN after it is per channel, either layout
-            out = out.reshape([channels, -1, height * width]).transpose([1, 0, 2])
-            out = out.reshape([-1, channels, height, width])
-        if 'bn' in self.ffn_fc2._sub_layers:
-            return batch_norm_add(residual, out, self.ffn_fc2.bn)
-        return residual + out  # the BN folded into the conv (fold_batchnorms)
+    def forward(self, x):
+        """FFN(x) for x [N, C, H, W]."""
+        out, bn = self.norm_terms(x)
+        return bn(out)
 
-    def _fc1_gelu(self, x):
-        """gelu(ffn_fc1(x)), with or without its BN folded into the conv."""
-        if 'bn' in self.ffn_fc1._sub_layers:
-            return batch_norm_gelu(self.ffn_fc1.conv(x), self.ffn_fc1.bn)
-        return gelu(self.ffn_fc1(x))
+    def norm_terms(self, x):
+        """(the output before its last BN, that BN): kept apart so that the unit applies the BN and adds its
+        residual in one pass (`cpu_ops.batch_norm_add`)."""
+        fc1, fc2 = self.ffn_fc1, self.ffn_fc2
+        return on_pixels(lambda pixels: fc2.conv(batch_norm_gelu(fc1.conv(pixels), fc1.bn)), x), fc2.bn
+
+    @paddle.no_grad()
+    def folded(self, input_bn):
+        """The FoldedFFN equal, in eval mode, to this FFN applied after the BN `input_bn` (the unit's prebn2)."""
+        fc1, fc2 = fuse_conv_bn(self.ffn_fc1), fuse_conv_bn(self.ffn_fc2)
+        fold_input_affine(fc1, *bn_scale_shift(input_bn))
+        return FoldedFFN(fc1, fc2)
+
+
+class FoldedFFN(nn.Layer):
+    """The inference form of `FFNBlock` and the BN before it: biased 1x1 conv, GELU, biased 1x1 conv."""
+
+    def __init__(self, ffn_fc1, ffn_fc2):
+        super().__init__()
+        self.ffn_fc1, self.ffn_fc2 = ffn_fc1, ffn_fc2
+
+    def forward(self, x):
+        """FFN(x) for x [N, C, H, W]."""
+        return on_pixels(lambda pixels: self.ffn_fc2(gelu(self.ffn_fc1(pixels))), x)
+
+    def norm_terms(self, x):
+        """(FFN(x), None): no BN is left to fuse with the unit's residual add."""
+        return self(x), None
 
 
 class RepMLPNetUnit(nn.Layer):
@@ -427,17 +457,19 @@ class RepMLPNetUnit(nn.Layer):
         self.prebn2 = nn.BatchNorm2D(channels)
 
     def forward(self, x):
-        x = self.repmlp_block(self.prebn1(x), residual=x)
-        return self.ffn_block(self.prebn2(x), residual=x)
+        # each residual add is fused with its block's last operation where the CPU kernels apply; the blocks are
+        # reached through their gate_terms / norm_terms, so forward hooks of the blocks themselves do not fire here
+        x = gated_add(x, *self.repmlp_block.gate_terms(self.prebn1(x)))
+        return batch_norm_add(x, *self.ffn_block.norm_terms(self.prebn2(x)))
 
     def fold_batchnorms(self):
-        """Fold the FFN's BNs into its convs and prebn2 into ffn_fc1 (exact); prebn1 becomes a ChannelAffine.
+        """The inference form of an eval-mode unit, in place: locality injection, the FFN's BNs and prebn2 folded into
+        its convs (exact, a FoldedFFN), prebn1 as a ChannelAffine.
 
         prebn1 cannot fold: fc3 shares one matrix between the C/S channels of a share-set, whose BN scales differ.
         """
-        fuse_conv_bn(self.ffn_block.ffn_fc1)
-        fuse_conv_bn(self.ffn_block.ffn_fc2)
-        fold_input_affine(self.ffn_block.ffn_fc1.conv, *bn_scale_shift(self.prebn2))
+        self.repmlp_block.local_inject()
+        self.ffn_block = self.ffn_block.folded(self.prebn2)
         self.prebn2 = nn.Identity()
         self.prebn1 = channel_affine_from_bn(self.prebn1)
 
@@ -512,10 +544,10 @@ class RepMLPNet(nn.Layer):
         """The inference form, in place: locality injection, then every BN folded into a neighbouring conv or
         linear layer (stem, embeddings, FFN, prebn2, head_norm into the head), prebn1 as a ChannelAffine.
 
-        Eval mode only (the BN statistics become constants); afterwards the model holds no BatchNorm and its
-        state dict no longer loads into `build_repmlp`'s model: save it with paddle.jit.save.
+        Puts the model in eval mode (the BN statistics become constants); afterwards the model holds no BatchNorm
+        and its state dict no longer loads into `build_repmlp`'s model: save it with paddle.jit.save.
         """
-        self.locality_injection()
+        self.eval()
         for block in [self.conv_embedding, *self.embeds]:
             fuse_conv_bn(block)
         for stage in self.stages:
@@ -532,12 +564,6 @@ class RepMLPNet(nn.Layer):
 
 
 RepMLP = RepMLPNet  # PaddleViT's name for the same network
-
-
-def fold_batchnorms(model):
-    """`model.fold_batchnorms()`: the locality-injected network with every BN folded away; returns `model`."""
-    model.eval()
-    return model.fold_batchnorms()
 
 
 def build_repmlp(config):

@@ -6,8 +6,8 @@
 // Threads: the loops run on the OpenMP threads of Intel's runtime (libiomp5), the one that Paddle's MKL uses, to
 // which cpu_ops.py links this library. Those threads are the ones spinning after each MKL product, so the loops
 // start without waking or competing with anyone. Under GCC's libgomp, or with std::threads, a second set of
-// threads spun on the cores that MKL needed next (T224 training step 9.5 -> 8.0 images/s; a B224 deploy forward
-// 541 -> 678 ms). Without libiomp5 the pragmas are ignored and the loops run on the calling thread.
+// threads spun on the cores that MKL needed next, which slowed training and inference alike (README, Speed).
+// Without libiomp5 the pragmas are ignored and the loops run on the calling thread.
 #include <algorithm>
 #include <cmath>
 #include <vector>

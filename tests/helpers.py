@@ -1,5 +1,6 @@
 """Small models and random BN statistics shared by the tests."""
 
+import collections
 import os
 import signal
 import subprocess
@@ -70,6 +71,12 @@ def trained_like_model(config, seed=0):
     return randomize_batchnorms(build_repmlp(config), paddle.randn([4, 3, size, size]), seed=seed)
 
 
+def fake_checkpoint(epoch):
+    """The keyword arguments of checkpoint.save_checkpoint for epoch `epoch`: a 4-weight model that holds the epoch."""
+    return dict(model={'w': paddle.full([4], float(epoch))}, optimizer={}, lr_scheduler={}, scaler={}, ema=None,
+                epoch=epoch, best_acc1={'val': 0.5}, config='')
+
+
 def relative_error(output, reference):
     """Largest absolute difference, relative to the largest magnitude of the reference."""
     output, reference = np.asarray(output), np.asarray(reference)
@@ -130,3 +137,25 @@ def assert_same_checkpoint(path_a, path_b):
             np.testing.assert_array_equal(a[key].numpy(), b[key].numpy(), err_msg=key)
         else:
             assert a[key] == b[key], key
+
+
+def spy_on_kernels(monkeypatch):
+    """A Counter of the C++ kernel ops called from now on (by name, e.g. 'gelu_cpu'), the test's proof that the kernel
+    path ran rather than Paddle's fallback; the test is skipped where the kernels are off or not available."""
+    import cpu_ops
+    module = cpu_ops.kernels()
+    if module is None:
+        pytest.skip('the C++ CPU kernels are off or not built on this machine')
+    calls = collections.Counter()
+
+    class CountingModule:
+        def __getattr__(self, name):
+            op = getattr(module, name)
+
+            def counted(*args):
+                calls[name] += 1
+                return op(*args)
+            return counted
+
+    monkeypatch.setitem(cpu_ops._kernels, 'cpu_ops', CountingModule())
+    return calls

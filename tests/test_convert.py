@@ -14,7 +14,7 @@ import pytest
 from config import get_config
 from convert_torch_weights import read_torch_checkpoint
 from repmlp import build_repmlp
-from utils import CheckpointError, load_weights
+from checkpoint import CheckpointError, load_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, 'tests', 'fixtures')

@@ -13,7 +13,7 @@ import pytest
 from paddle.utils import cpp_extension
 
 import cpu_ops
-from helpers import relative_error
+from helpers import relative_error, spy_on_kernels
 
 
 def test_the_kernel_builds_on_cpus_with_avx2():
@@ -25,7 +25,7 @@ def test_the_kernel_builds_on_cpus_with_avx2():
 
 def test_the_kernels_run_on_paddles_openmp_runtime():
     """Linked to Paddle's libiomp5 and not to GCC's libgomp, whose threads would compete with MKL's (see the
-    source): a B224 deploy forward took 541 -> 678 ms with libgomp."""
+    source and README's Speed section)."""
     if cpu_ops.kernels() is None or not os.path.isfile(cpu_ops.INTEL_OPENMP) or shutil.which('readelf') is None:
         pytest.skip('no kernels, no libiomp5 in this Paddle, or no readelf')
     folder = os.path.join(cpp_extension.get_build_directory(), 'repmlp_cpu_ops')
@@ -37,7 +37,8 @@ def test_the_kernels_run_on_paddles_openmp_runtime():
 
 @pytest.mark.parametrize('layout, shape', [('contiguous', (4, 6, 7, 5)), ('transposed view', (4, 6, 7, 5)),
                                            ('contiguous', (4, 16, 41, 40))], ids=['small', 'view', 'threaded'])
-def test_gelu_matches_paddle_values_and_gradients(layout, shape):
+def test_gelu_matches_paddle_values_and_gradients(layout, shape, monkeypatch):
+    calls = spy_on_kernels(monkeypatch)
     x = paddle.to_tensor(np.random.default_rng(0).standard_normal(shape).astype(np.float32) * 4)
     if layout == 'transposed view':
         x = x.transpose([0, 2, 1, 3])
@@ -48,12 +49,15 @@ def test_gelu_matches_paddle_values_and_gradients(layout, shape):
     grad = paddle.grad([(output * weights).sum()], [x])[0]
     expected_grad = paddle.grad([(expected * weights).sum()], [x])[0]
     assert relative_error(grad.numpy(), expected_grad.numpy()) <= 1e-6
+    assert calls == {'gelu_cpu': 1}
 
 
-def test_gelu_keeps_nan_and_infinity_as_paddle_does():
+def test_gelu_keeps_nan_and_infinity_as_paddle_does(monkeypatch):
     """A diverging run must still see its NaN: the kernel is built without -ffast-math."""
+    calls = spy_on_kernels(monkeypatch)
     x = paddle.to_tensor([float('nan'), float('inf'), -float('inf'), 0.0, -30.0, 30.0])
     np.testing.assert_array_equal(cpu_ops.gelu(x).numpy(), F.gelu(x).numpy())
+    assert calls == {'gelu_cpu': 1}
 
 
 def test_other_dtypes_use_paddles_gelu():
@@ -102,7 +106,8 @@ def test_inference_kernels_match_paddle(shape):
         assert relative_error(output.numpy(), expected.numpy()) <= 1e-6
 
 
-def test_inference_kernels_keep_nan_and_infinity():
+def test_inference_kernels_keep_nan_and_infinity(monkeypatch):
+    calls = spy_on_kernels(monkeypatch)
     x = paddle.to_tensor([float('nan'), float('inf'), -float('inf'), 0.0, -30.0, 30.0]).reshape([1, 1, 6])
     bn = paddle.nn.BatchNorm1D(1)
     bn.eval()
@@ -110,6 +115,7 @@ def test_inference_kernels_keep_nan_and_infinity():
         np.testing.assert_array_equal(cpu_ops.batch_norm_gelu(x, bn).numpy(), F.gelu(bn(x)).numpy())
         np.testing.assert_array_equal(cpu_ops.batch_norm_add(x, x, bn).numpy(), (x + bn(x)).numpy())
         np.testing.assert_array_equal(cpu_ops.gated_add(x, x, paddle.ones([1, 1])).numpy(), (x + x).numpy())
+    assert calls == {'batch_norm_gelu_cpu': 1, 'batch_norm_add_cpu': 1, 'gated_add_cpu': 1}
 
 
 def test_inference_kernels_only_without_gradients_and_with_running_statistics():
@@ -130,10 +136,11 @@ def test_inference_kernels_only_without_gradients_and_with_running_statistics():
         np.testing.assert_array_equal(cpu_ops.batch_norm_add(x, x, bn).numpy(), (x + bn(x)).numpy())
 
 
-def test_a_failed_build_warns_and_falls_back(monkeypatch):
-    def no_compiler(**kwargs):
+def test_a_failed_build_warns_and_falls_back(monkeypatch, tmp_path):
+    def no_compiler(*args):
         raise RuntimeError('g++: command not found')
-    monkeypatch.setattr(cpu_ops.cpp_extension, 'load', no_compiler)
+    monkeypatch.setattr(cpu_ops, '_compile', no_compiler)
+    monkeypatch.setattr(cpu_ops.cpp_extension, 'get_build_directory', lambda: str(tmp_path))
     monkeypatch.setattr(cpu_ops, 'cpu_has_avx2', lambda: True)
     monkeypatch.setattr(cpu_ops, '_kernels', {})
     x = paddle.randn([2, 4, 3, 3])
@@ -149,7 +156,11 @@ def test_a_failed_build_warns_and_falls_back(monkeypatch):
 def test_a_build_says_so_and_a_reload_is_quiet(monkeypatch, tmp_path, capsys):
     """The ~10 s build announces itself on stderr; loading what was built from the same source and flags says
     nothing; other flags build again."""
-    monkeypatch.setattr(cpu_ops.cpp_extension, 'load', lambda **kwargs: 'module')
+    def compile_stand_in(folder, *flags):
+        os.makedirs(os.path.join(folder, cpu_ops.NAME), exist_ok=True)
+        open(os.path.join(folder, cpu_ops.NAME, f'{cpu_ops.NAME}.so'), 'w').close()
+    monkeypatch.setattr(cpu_ops, '_compile', compile_stand_in)
+    monkeypatch.setattr(cpu_ops.extension_utils, '_import_module_from_library', lambda *args: 'module')
     monkeypatch.setattr(cpu_ops.cpp_extension, 'get_build_directory', lambda: str(tmp_path))
     assert cpu_ops._build() == 'module'
     assert capsys.readouterr().err.startswith('building the C++ CPU kernels (')
@@ -158,6 +169,33 @@ def test_a_build_says_so_and_a_reload_is_quiet(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(cpu_ops, 'BUILD_FLAGS', cpu_ops.BUILD_FLAGS + ['-g'])
     assert cpu_ops._build() == 'module'
     assert capsys.readouterr().err.startswith('building the C++ CPU kernels (')
+
+
+def test_the_compiler_runs_in_its_own_process_and_its_error_reaches_the_warning(monkeypatch, tmp_path, capfd):
+    """The compiler's output is captured from the child that runs it; this process's stdout and stderr are never
+    redirected: what it prints meanwhile still reaches them, and the warning names the compiler's last line."""
+    broken = tmp_path / 'broken.cc'
+    broken.write_text('this is not C++\n')
+    monkeypatch.setattr(cpu_ops, 'SOURCE', str(broken))
+    monkeypatch.setattr(cpu_ops.cpp_extension, 'get_build_directory', lambda: str(tmp_path / 'build'))
+    print('before the build', flush=True)
+    with pytest.warns(UserWarning, match=r'did not build \(.*broken.cc:1:1: error: '):
+        assert cpu_ops._build() is None
+    out, err = capfd.readouterr()
+    assert out == 'before the build\n'
+    assert err.startswith('building the C++ CPU kernels (') and err.count('\n') == 1  # the compiler's lines: none
+
+
+def test_the_switch_turns_the_kernels_off_and_a_bad_value_is_named(monkeypatch):
+    monkeypatch.setattr(cpu_ops, '_kernels', {})
+    monkeypatch.setenv('REPMLP_CPU_KERNELS', '0')
+    assert cpu_ops.kernels() is None
+    x = paddle.randn([3, 5])
+    np.testing.assert_array_equal(cpu_ops.gelu(x).numpy(), F.gelu(x).numpy())
+    monkeypatch.setattr(cpu_ops, '_kernels', {})
+    monkeypatch.setenv('REPMLP_CPU_KERNELS', 'off')
+    with pytest.raises(cpu_ops.UserError, match="REPMLP_CPU_KERNELS='off': use 1"):
+        cpu_ops.kernels()
 
 
 def test_an_unwritable_build_folder_warns_and_falls_back(monkeypatch, tmp_path):
@@ -175,8 +213,9 @@ def test_an_unwritable_build_folder_warns_and_falls_back(monkeypatch, tmp_path):
 @pytest.mark.parametrize('kernel_size', [3, 5])
 @pytest.mark.parametrize('trainable', ['both', 'images', 'kernel'])
 @pytest.mark.parametrize('shape', [[2, 6, 9, 7], [1, 64, 40, 40]], ids=['small', 'threaded'])
-def test_depthwise_conv_matches_paddle_values_and_gradients(kernel_size, trainable, shape):
+def test_depthwise_conv_matches_paddle_values_and_gradients(kernel_size, trainable, shape, monkeypatch):
     """Against F.conv2d's values and gradients, with either input frozen."""
+    calls = spy_on_kernels(monkeypatch)
     images, kernel = paddle.randn(shape), paddle.randn([shape[1], 1, kernel_size, kernel_size])
     images.stop_gradient = trainable == 'kernel'
     kernel.stop_gradient = trainable == 'images'
@@ -189,15 +228,15 @@ def test_depthwise_conv_matches_paddle_values_and_gradients(kernel_size, trainab
     expected_grads = paddle.grad([(expected * weights).sum()], inputs)
     for grad, expected_grad in zip(grads, expected_grads):
         assert relative_error(grad.numpy(), expected_grad.numpy()) <= 1e-6
+    assert calls == {'depthwise_conv_cpu': 1}
 
 
-def test_global_norm_of_many_tensors():
+def test_global_norm_of_many_tensors(monkeypatch):
+    calls = spy_on_kernels(monkeypatch)
     rng = np.random.default_rng(2)
     arrays = [rng.standard_normal(shape).astype(np.float32) for shape in ([3, 5], [7], [300, 400], [2, 1, 3, 3])]
     expected = np.sqrt(sum(np.sum(a.astype(np.float64) ** 2) for a in arrays))
     norm = cpu_ops.global_norm([paddle.to_tensor(a) for a in arrays])
-    if cpu_ops.kernels() is None:
-        assert norm is None
-    else:
-        assert abs(norm - expected) <= 1e-6 * expected
+    assert abs(norm - expected) <= 1e-6 * expected
+    assert calls == {'sum_of_squares_cpu': 1}
     assert cpu_ops.global_norm([paddle.to_tensor(arrays[0]).astype('float64')]) is None  # Paddle's clipping then

@@ -1,13 +1,12 @@
 """Faults and bad input, the fast cases: each must end in its documented outcome, nothing lost and nothing silent.
 
 Bad data (datasets.py): a DatasetError naming the file and line, or with DATA.SKIP_BAD_IMAGES the image is
-logged, replaced and counted. Bad configs: one `error: ...` line naming the key or file, exit code 2. Bad
-weights: a CheckpointError that says what to use instead. A failing save leaves the previous checkpoint whole.
+logged, replaced and counted. Bad configs and bad weights on the command line: one `error: ...` line naming the
+key or file, exit code 2 (the weights' and checkpoints' own errors and failing saves: test_checkpoint.py).
 A non-finite loss names the step and the last good checkpoint; AMP's skipped steps are counted, not fatal.
 The interruption cases (SIGKILL) are in test_faults_slow.py.
 """
 
-import errno
 import os
 
 import numpy as np
@@ -15,11 +14,11 @@ import paddle
 import pytest
 from PIL import Image
 
+import checkpoint
 import engine
 import utils
 from datasets import DatasetError, FaultAwareDataLoader, ImageNet2012Dataset, collate_uint8
-from helpers import finish_process, start_process, tiny_config
-from repmlp import build_repmlp
+from helpers import fake_checkpoint, finish_process, start_process, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, 'tests', 'configs', 'tiny_demo.yaml')
@@ -192,68 +191,6 @@ def test_a_config_file_that_does_not_exist(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- weights
 
-@pytest.fixture
-def tiny(tmp_path):
-    return tiny_config(tmp_path)
-
-
-def test_a_file_that_is_not_a_checkpoint(tiny, tmp_path):
-    path = tmp_path / 'notes.pdparams'
-    path.write_text('not weights\n')
-    with pytest.raises(utils.CheckpointError, match='is not a Paddle weights file'):
-        utils.load_weights(build_repmlp(tiny), str(path))
-    with pytest.raises(utils.CheckpointError, match='is not a Paddle checkpoint'):
-        utils.load_checkpoint(str(path))
-
-
-def test_weights_of_another_variant_name_the_mismatch(tiny, tmp_path):
-    other = tiny.clone()
-    other.defrost()
-    other.MODEL.CHANNELS = [8, 16, 32, 32]
-    other.MODEL.SHARESETS_NUMS = [1, 2, 4, 4]
-    path = str(tmp_path / 'other.pdparams')
-    paddle.save(build_repmlp(other).state_dict(), path)
-    with pytest.raises(utils.CheckpointError, match='another variant') as error:
-        utils.load_weights(build_repmlp(tiny), path)
-    assert 'with another shape' in str(error.value)
-
-
-def test_deploy_weights_for_a_training_time_config(tiny, tmp_path):
-    deploy = tiny.clone()
-    deploy.defrost()
-    deploy.MODEL.DEPLOY = True
-    path = str(tmp_path / 'deploy.pdparams')
-    paddle.save(build_repmlp(deploy).state_dict(), path)
-    with pytest.raises(utils.CheckpointError, match='deploy-form weights .* MODEL.DEPLOY True'):
-        utils.load_weights(build_repmlp(tiny), path)
-
-
-def test_weights_only_file_given_to_resume(tmp_path):
-    path = str(tmp_path / 'best.pdparams')
-    paddle.save({'w': paddle.zeros([2])}, path)
-    with pytest.raises(utils.CheckpointError, match='use -pretrained instead of -resume'):
-        utils.load_checkpoint(path)
-
-
-def test_weights_named_without_their_extension_get_a_hint(tmp_path):
-    """PaddleViT's scripts name weights without .pdparams; the error says which file was meant."""
-    path = str(tmp_path / 'best')
-    paddle.save({'w': paddle.zeros([2])}, path + '.pdparams')
-    with pytest.raises(utils.CheckpointError, match=f'weights file not found: {path}; did you mean {path}.pdparams'):
-        utils.read_state_dict(path)
-    with pytest.raises(utils.CheckpointError, match=f'did you mean {path}.pdparams'):
-        utils.load_checkpoint(path)
-    with pytest.raises(utils.CheckpointError, match=r'not found: \S+$'):
-        utils.read_state_dict(str(tmp_path / 'other'))
-
-
-@pytest.mark.parametrize('flag', ['-pretrained', '-resume'])
-def test_a_pytorch_file_names_the_converter(flag, tmp_path):
-    torch_file = os.path.join(FIXTURES, 'official_small_train.pth')
-    with pytest.raises(utils.CheckpointError, match='convert_torch_weights.py'):
-        (utils.read_state_dict if flag == '-pretrained' else utils.load_checkpoint)(torch_file)
-
-
 def test_a_pytorch_file_from_the_command_line(tmp_path):
     torch_file = os.path.join(FIXTURES, 'official_small_train.pth')
     processes = [start_process(['main_single_gpu.py', '-cfg', TINY, flag, torch_file,
@@ -264,61 +201,6 @@ def test_a_pytorch_file_from_the_command_line(tmp_path):
         code, _, err = finish_process(process)
         assert_one_error_line(code, err, 'official_small_train.pth is a PyTorch checkpoint',
                               'tools/convert_torch_weights.py')
-
-
-# ------------------------------------------------------------------------------------------ checkpoints
-
-def fake_state(epoch):
-    state = {key: None for key in utils.CHECKPOINT_KEYS}
-    state.update(model={'w': paddle.full([4], float(epoch))}, epoch=epoch, best_acc1={}, config='')
-    return state
-
-
-def test_a_failing_save_keeps_the_previous_checkpoint_and_says_why(tmp_path, monkeypatch):
-    folder = str(tmp_path)
-    first = utils.save_checkpoint(folder, 2, **fake_state(1))
-    real_save = paddle.save
-
-    def disk_full(obj, path, *args, **kwargs):
-        real_save(obj, path, *args, **kwargs)  # part of the file is written, then the disk is full
-        with open(path, 'r+b') as file:
-            file.truncate(10)
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    monkeypatch.setattr(paddle, 'save', disk_full)
-    with pytest.raises(utils.CheckpointError) as error:
-        utils.save_checkpoint(folder, 1, **fake_state(2))
-    assert 'checkpoint-0002.pdparams' in str(error.value) and 'No space left on device' in str(error.value)
-    assert os.listdir(folder) == ['checkpoint-0001.pdparams']  # no temporary left, the old one not pruned
-    assert float(utils.load_checkpoint(first)['model']['w'][0]) == 1.0
-    assert utils.resolve_resume('auto', folder) == first
-
-
-def test_a_failing_rename_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    folder = str(tmp_path)
-    first = utils.save_checkpoint(folder, 2, **fake_state(1))
-
-    def read_only(*args):
-        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
-
-    monkeypatch.setattr(os, 'replace', read_only)
-    with pytest.raises(utils.CheckpointError, match='Read-only file system'):
-        utils.save_checkpoint(folder, 1, **fake_state(2))
-    assert os.listdir(folder) == ['checkpoint-0001.pdparams']
-    assert utils.load_checkpoint(first)['epoch'] == 1
-
-
-def test_stale_temporaries_of_a_killed_save_are_ignored_and_cleaned(tmp_path):
-    folder = str(tmp_path)
-    first = utils.save_checkpoint(folder, 3, **fake_state(1))
-    stale = [tmp_path / '.checkpoint-0002.pdparams.tmp99999999', tmp_path / '.best.pdparams.tmp99999998']
-    for path in stale:
-        path.write_bytes(open(first, 'rb').read()[:100])  # what a SIGKILL half-way through leaves
-    assert utils.list_checkpoints(folder) == [first]
-    assert utils.resolve_resume('auto', folder) == first
-    second = utils.save_checkpoint(folder, 3, **fake_state(2))
-    assert sorted(os.listdir(folder)) == ['checkpoint-0001.pdparams', 'checkpoint-0002.pdparams']
-    assert utils.load_checkpoint(second)['epoch'] == 2
 
 
 # ---------------------------------------------------------------------------------------------- numbers
@@ -351,12 +233,12 @@ def test_a_non_finite_loss_names_the_step_and_the_last_good_checkpoint(tmp_path)
         return loss * float('nan') if len(calls) == 3 else loss
 
     trainer.criterion = diverging
-    good = engine.checkpoint(trainer, 1) or utils.list_checkpoints(trainer.config.SAVE)[-1]
+    good = engine.write_checkpoint(trainer, 1) or checkpoint.newest_checkpoint(trainer.config.SAVE)
     with pytest.raises(engine.TrainingDiverged) as error:
         engine.train_one_epoch(trainer, loader, epoch=1)
     message = str(error.value)
     assert 'epoch 2, batch 3' in message and 'nan' in message and good in message
-    assert utils.load_checkpoint(good)['epoch'] == 1
+    assert checkpoint.load_checkpoint(good)['epoch'] == 1
 
 
 def test_a_non_finite_loss_before_any_checkpoint_says_so(tmp_path):
@@ -393,7 +275,7 @@ def test_a_fresh_run_into_a_folder_with_checkpoints_is_refused(tmp_path):
     """Its checkpoint-0001 would be pruned by the old run's higher epochs, and -resume auto would continue the old
     run: nothing may be lost silently, so the user chooses."""
     output = tmp_path / 'out'
-    utils.save_checkpoint(str(output), 3, **fake_state(5))
+    checkpoint.save_checkpoint(str(output), 3, **fake_checkpoint(5))
     (output / 'config.yaml').write_text('the old run\n')
     (output / 'log.txt').write_text('the old log\n')
     code, _, err = finish_process(start_process(['main_single_gpu.py', '-cfg', TINY,
@@ -402,12 +284,3 @@ def test_a_fresh_run_into_a_folder_with_checkpoints_is_refused(tmp_path):
                           '-resume auto')
     assert (output / 'config.yaml').read_text() == 'the old run\n'
     assert (output / 'log.txt').read_text() == 'the old log\n'
-
-
-
-def test_a_resumed_run_drops_the_log_lines_it_will_write_again(tmp_path):
-    log = tmp_path / 'log.jsonl'
-    log.write_text(''.join(f'{{"epoch": {epoch}, "train_loss": 1.0}}\n' for epoch in range(1, 5)))
-    utils.drop_epochs_after(str(log), 2)
-    assert [line for line in log.read_text().splitlines()] == ['{"epoch": 1, "train_loss": 1.0}',
-                                                                 '{"epoch": 2, "train_loss": 1.0}']

@@ -1,7 +1,8 @@
 """Faults that need whole runs: SIGKILL while saving, at a random point of an epoch and in a 2-process job, then
 `-resume auto`; and a rank that fails on its own input. Marked slow (`pytest -m "not slow"` leaves them out).
 
-The kill points are random; each test prints its seed so that a failure can be repeated (FAULTS_SEED=...).
+The kill points come from fixed seeds, so that a failure repeats; where the process is when the signal lands
+still varies with the machine's speed.
 """
 
 import json
@@ -12,7 +13,7 @@ import time
 
 import pytest
 
-import utils
+import checkpoint
 from datasets import LIST_FILES, TrainBatchSampler
 from helpers import assert_same_checkpoint, finish_process, kill_group, start_process, wait_for
 
@@ -21,12 +22,6 @@ TINY = os.path.join(ROOT, 'tests', 'configs', 'tiny_demo.yaml')
 EPOCHS = 3
 
 pytestmark = pytest.mark.slow
-
-
-def rng():
-    seed = int(os.environ.get('FAULTS_SEED', random.randrange(10 ** 6)))
-    print('FAULTS_SEED', seed)
-    return random.Random(seed)
 
 
 def train_args(data_path, output, nprocs=None, resume=False):
@@ -70,22 +65,23 @@ def straight(demo_path, tmp_path_factory):
 SAVER = """
 import os, sys, time
 sys.path.insert(0, {root!r})
-import paddle, utils
-state = {{key: None for key in utils.CHECKPOINT_KEYS}}
+import paddle, checkpoint
+state = {{key: None for key in checkpoint.CHECKPOINT_KEYS}}
 state.update(best_acc1={{}}, config='')
-found = utils.list_checkpoints({folder!r})
-first = utils.load_checkpoint(found[-1])['epoch'] + 1 if found else 1  # as -resume auto would
+found = checkpoint.list_checkpoints({folder!r})
+first = checkpoint.load_checkpoint(found[-1])['epoch'] + 1 if found else 1  # as -resume auto would
 for epoch in range(first, first + 1000):
     state.update(epoch=epoch, model={{'w': paddle.full([{size}], float(epoch))}})
     print('writing', epoch, flush=True)
-    utils.save_checkpoint({folder!r}, 2, **state)
+    checkpoint.save_checkpoint({folder!r}, 2, **state)
 """
 
 
-def test_sigkill_while_writing_checkpoints_leaves_only_complete_ones(tmp_path):
-    """A process saving 40 MB checkpoints in a loop is killed at random moments; whatever -resume auto then
-    picks is complete and loads, the temporaries it left are ignored, and the next save removes them."""
-    random_ = rng()
+@pytest.mark.parametrize('seed', [0, 1])
+def test_sigkill_while_writing_checkpoints_leaves_only_complete_ones(tmp_path, seed):
+    """A process saving 40 MB checkpoints in a loop is killed at moments drawn from `seed`; whatever -resume auto
+    then picks is complete and loads, the temporaries it left are ignored, and the next save removes them."""
+    random_ = random.Random(seed)
     folder = str(tmp_path)
     for attempt in range(3):
         process = start_process(['-c', SAVER.format(root=ROOT, folder=folder, size=10_000_000)])
@@ -93,26 +89,26 @@ def test_sigkill_while_writing_checkpoints_leaves_only_complete_ones(tmp_path):
             assert process.stdout.readline().startswith('writing'), process.stderr.read()
         time.sleep(random_.uniform(0.0, 0.3))
         kill_group(process)
-        found = utils.list_checkpoints(folder)
-        chosen = utils.resolve_resume('auto', folder)
+        found = checkpoint.list_checkpoints(folder)
+        chosen = checkpoint.resolve_resume('auto', folder)
         assert chosen == found[-1]
         for path in found:
-            state = utils.load_checkpoint(path)
+            state = checkpoint.load_checkpoint(path)
             assert float(state['model']['w'][-1]) == state['epoch']
         print(attempt, 'left', sorted(os.listdir(folder)))
-    utils.save_checkpoint(folder, 2, **utils.load_checkpoint(chosen))
+    checkpoint.save_checkpoint(folder, 2, **checkpoint.load_checkpoint(chosen))
     assert not [name for name in os.listdir(folder) if '.tmp' in name]
 
 
 def test_sigkill_at_a_random_point_then_resume_auto_equals_a_straight_run(demo_path, straight, tmp_path):
     output = str(tmp_path)
     process = start_process(train_args(demo_path, output))
-    # a random logged step of the first half of epoch 2 (22 steps, a log line every 2): a point in the run's
-    # progress, not in wall time, which changes with the machine and the model's speed
-    step = rng().randrange(2, 13, 2)
+    # a logged step of the first half of epoch 2 (22 steps, a log line every 2): a point in the run's progress,
+    # not in wall time, which changes with the machine and the model's speed
+    step = 6
     wait_for(os.path.join(output, 'log.txt'), f'Epoch 2/{EPOCHS} [{step}/', process)
     kill_group(process)
-    done = utils.list_checkpoints(output)
+    done = checkpoint.list_checkpoints(output)
     print('killed with', [os.path.basename(path) for path in done])
     assert done and len(done) < EPOCHS
     code, out, err = finish_process(start_process(train_args(demo_path, output, resume=True)))
@@ -127,7 +123,7 @@ def test_two_process_job_killed_then_resumed_equals_a_straight_run(demo_path, st
     wait_for(os.path.join(output, 'log.txt'), 'saved', process)
     wait_for(os.path.join(output, 'log_rank1.txt'), f'Epoch 2/{EPOCHS} [2/', process)
     kill_group(process)  # the launcher and both ranks, in the middle of epoch 2
-    done = utils.list_checkpoints(output)
+    done = checkpoint.list_checkpoints(output)
     assert [os.path.basename(path) for path in done] == ['checkpoint-0001.pdparams']
     code, out, err = finish_process(start_process(train_args(demo_path, output, nprocs=2, resume=True)))
     assert code == 0, (out + err)[-3000:]
@@ -147,14 +143,11 @@ def test_a_rank_failing_on_its_own_input_ends_the_job_with_its_message(demo_path
     lines[victim] = f'broken.JPEG {lines[victim].split()[-1]}'
     (data / 'broken.JPEG').write_bytes(b'\xff\xd8\xff\xe0' + b'\0' * 64)
     (data / LIST_FILES[True]).write_text('\n'.join(lines) + '\n')
-    began = time.time()
     code, out, err = finish_process(start_process(
         ['main_multi_gpu.py', '-nprocs', '2', '-cfg', TINY, '-data_path', str(data), '-output', str(tmp_path / 'out'),
          '-opts', 'TRAIN.NUM_EPOCHS', '50']), timeout=120)
-    took = time.time() - began
-    print(f'ended after {took:.1f} s with code {code}:\n{err[-2000:]}')
+    print(f'ended with code {code}:\n{err[-2000:]}')
     assert code == 2
     errors = [line for line in err.splitlines() if line.startswith('error:')]
     assert len(errors) == 1 and 'broken.JPEG: cannot read image' in errors[0], err[-3000:]
     assert 'Epoch 1/50' not in open(tmp_path / 'out' / 'log.txt', encoding='utf-8').read()
-    assert took < 60

@@ -8,10 +8,10 @@ import pytest
 from paddle import nn
 
 import inference
+from checkpoint import is_deploy_form
 from config import UserError
 from datasets import DEFAULT_DEMO_PATH
 from helpers import relative_error, tiny_config, trained_like_model
-from utils import is_deploy_form
 
 REFERENCE = np.array([[1.0, -2.0, 4.0], [0.5, 0.0, -3.0]], dtype=np.float32)
 
@@ -28,17 +28,6 @@ def test_check_close_refuses_other_logits_naming_the_form(output):
     with pytest.raises(UserError, match='the folded form differs from the training-time model by .* nothing was '
                                         'written'):
         inference.check_close(output, REFERENCE, 'the folded form')
-
-
-def test_fold_leaves_no_batchnorm_and_the_eval_outputs_even_from_train_mode(tmp_path):
-    config = tiny_config(tmp_path)
-    model = trained_like_model(config)
-    images = inference.random_images(config, 3)
-    expected = inference.run_model(model, images)
-    model.train()
-    assert inference.fold(model) is model and not model.training
-    assert not [layer for layer in model.sublayers() if isinstance(layer, nn.BatchNorm2D)]
-    assert relative_error(inference.run_model(model, images), expected) <= 1e-5
 
 
 def test_deploy_model_is_the_deploy_form_with_the_same_outputs(tmp_path):

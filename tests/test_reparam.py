@@ -8,9 +8,9 @@ import numpy as np
 import paddle
 import pytest
 
+from checkpoint import is_deploy_form, load_weights
 from helpers import relative_error, tiny_config, trained_like_model
 from repmlp import ChannelAffine, build_repmlp
-from utils import is_deploy_form, load_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -66,3 +66,16 @@ def test_reparam_writes_deploy_weights_with_the_same_outputs(tmp_path):
                              '-src', src, '-dst', str(tmp_path / 'x.pdparams'))
     assert code == 2 and 'only the classifier differs' in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / 'x.pdparams').exists()
+
+
+def test_fold_leaves_no_batchnorm_and_the_eval_outputs_even_from_train_mode(tmp_path):
+    config = tiny_config(tmp_path)
+    model = trained_like_model(config)
+    images = paddle.randn([3, 3, 32, 32])
+    with paddle.no_grad():
+        expected = model(images).numpy()
+    model.train()
+    assert model.fold_batchnorms() is model and not model.training
+    assert not [layer for layer in model.sublayers() if isinstance(layer, paddle.nn.BatchNorm2D)]
+    with paddle.no_grad():
+        assert relative_error(model(images).numpy(), expected) <= 1e-5

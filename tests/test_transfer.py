@@ -10,11 +10,11 @@ import numpy as np
 import paddle
 import pytest
 
+import checkpoint
 import datasets
 import engine
 import make_list_files
 import make_shapes_dataset
-import utils
 from config import ConfigError, build_arg_parser, get_config, update_config
 from helpers import randomize_batchnorms, relative_error, tiny_config
 from repmlp import build_repmlp
@@ -86,7 +86,7 @@ def test_finetune_loads_all_but_the_head_and_trains(tmp_path, imagenet_weights):
 
 def test_finetune_says_what_it_left_out(tmp_path, imagenet_weights, caplog):
     config = finetune_config(tmp_path, imagenet_weights)
-    left_out = utils.load_weights_except_head(build_repmlp(config), imagenet_weights)
+    left_out = checkpoint.load_weights_except_head(build_repmlp(config), imagenet_weights)
     assert [name for name, _ in left_out] == ['head.bias', 'head.weight']
     assert 'file [64, 1000], model [64, 5]' in dict(left_out)['head.weight']
     logger = logging.getLogger('test_transfer.log')
@@ -102,17 +102,17 @@ def test_a_mismatch_other_than_the_head_still_fails(tmp_path, imagenet_weights):
     state['stages.3.0.repmlp_block.fc3.weight'] = np.zeros([9, 1, 1, 1], dtype='float32')
     broken = str(tmp_path / 'broken.pdparams')
     paddle.save(state, broken)
-    with pytest.raises(utils.CheckpointError, match=r'1 missing: stages\.0\.0\.prebn1\.weight; 1 with another shape'):
-        utils.load_weights_except_head(build_repmlp(config), broken)
+    with pytest.raises(checkpoint.CheckpointError, match=r'1 missing: stages\.0\.0\.prebn1\.weight; 1 with another shape'):
+        checkpoint.load_weights_except_head(build_repmlp(config), broken)
     deploy = build_repmlp(config).locality_injection()
     deploy_file = str(tmp_path / 'deploy.pdparams')
     paddle.save(deploy.state_dict(), deploy_file)
-    with pytest.raises(utils.CheckpointError, match='deploy-form weights'):
-        utils.load_weights_except_head(build_repmlp(config), deploy_file)
+    with pytest.raises(checkpoint.CheckpointError, match='deploy-form weights'):
+        checkpoint.load_weights_except_head(build_repmlp(config), deploy_file)
     strict = finetune_config(tmp_path, imagenet_weights).clone()
     strict.defrost()
     strict.MODEL.FINETUNE = False
-    with pytest.raises(utils.CheckpointError, match=r'only the classifier differs.*or add -finetune'):
+    with pytest.raises(checkpoint.CheckpointError, match=r'only the classifier differs.*or add -finetune'):
         engine.build_trainer(strict, LOGGER, steps_per_epoch=1)
 
 
@@ -203,7 +203,7 @@ def test_b224_weights_at_448_features_and_exact_deploy_form():
         config.defrost()
         config.MODEL.DEPLOY = True
         deploy = build_repmlp(config)
-        utils.check_state_dict(deploy, model.state_dict(), 'injected')
+        checkpoint.check_state_dict(deploy, model.state_dict(), 'injected')
         deploy.set_state_dict(model.state_dict())
         deploy.eval()
         assert relative_error(deploy(images).numpy(), logits) <= 1e-5

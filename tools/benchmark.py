@@ -53,7 +53,7 @@ import datasets
 import engine
 import transforms
 from config import get_config
-from inference import count_macs, create_predictor, fold, predictor_run, save_inference_model
+from inference import count_macs, create_predictor, predictor_run, save_inference_model
 from repmlp import RepMLPBlock
 from utils import run_cli
 
@@ -348,7 +348,7 @@ def bench_infer(args):
     with tempfile.TemporaryDirectory() as folder:
         exported = engine.build_repmlp(config)
         exported.set_state_dict(training.state_dict())
-        fold(exported)
+        exported.fold_batchnorms()
         save_inference_model(exported, size, folder)
         del exported
         predictor = create_predictor(folder)

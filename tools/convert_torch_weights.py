@@ -18,8 +18,9 @@ import zipfile
 import numpy as np
 
 import repo_path  # noqa: F401  (the repository root on sys.path, for the imports below)
+from checkpoint import CheckpointError, check_state_dict, is_deploy_form, save_atomically
 from config import build_arg_parser, get_config, update_config
-from utils import CheckpointError, check_state_dict, run_cli, save_atomically
+from utils import run_cli
 
 STORAGE_DTYPES = {
     'FloatStorage': np.float32, 'DoubleStorage': np.float64, 'HalfStorage': np.float16,
@@ -109,11 +110,6 @@ def read_torch_checkpoint(path):
     return tensors
 
 
-def is_deploy_state(state):
-    """True when the state dict is the locality-injected form (fc3 has a bias; no fc3_bn)."""
-    return any(name.endswith('.fc3.bias') for name in state)
-
-
 def torch_to_paddle(state, linear_weights):
     """Rename BN statistics, drop `num_batches_tracked`, and transpose the Linear weights named in `linear_weights`."""
     converted = {}
@@ -135,7 +131,7 @@ def convert(config, src, dst):
     from repmlp import build_repmlp
 
     state = read_torch_checkpoint(src)
-    deploy = is_deploy_state(state)
+    deploy = bool(is_deploy_form(state))
     config.defrost()
     config.MODEL.DEPLOY = deploy
     config.freeze()

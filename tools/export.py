@@ -3,7 +3,7 @@
     python tools/export.py -cfg configs/repmlp_b_224.yaml -pretrained repmlp_b_224.pdparams -output export/b224 [-onnx]
 
 Takes training-time or deploy-form `.pdparams` (the form is detected from the keys). The model is put in its
-inference form (`inference.fold`: locality injection, every conv+BN pair a conv with bias, prebn2 and
+inference form (`RepMLPNet.fold_batchnorms`: locality injection, every conv+BN pair a conv with bias, prebn2 and
 head_norm folded into the layer after them, the BN before each block a per-channel affine), traced with
 `paddle.jit.to_static` for inputs [None, 3, IMAGE_SIZE, IMAGE_SIZE] (any batch size) and saved with
 `paddle.jit.save`. `-output` then holds `model.json` (or `model.pdmodel` without PIR) and `model.pdiparams`,

@@ -18,8 +18,10 @@ import sys
 import repo_path  # noqa: F401  (the repository root on sys.path, for the imports below)
 import runtime  # noqa: F401  (before paddle)
 
+import charts
 import engine
 import utils
+from checkpoint import write_atomically
 from config import UserError, build_arg_parser, get_config, update_config
 
 
@@ -34,13 +36,13 @@ def schedule_rows(config, steps_per_epoch, world_size):
 
 
 def write_csv(rows, path):
-    """`rows` as CSV with a header line, through a temporary file and a rename."""
-    temporary = f'{path}.tmp{os.getpid()}'
-    with open(temporary, 'w', encoding='utf-8', newline='') as file:
-        writer = csv.DictWriter(file, fieldnames=['step', 'epoch', 'lr'], lineterminator='\n')
-        writer.writeheader()
-        writer.writerows({**row, 'lr': repr(row['lr'])} for row in rows)
-    os.replace(temporary, path)
+    """`rows` as CSV with a header line, replacing `path` atomically."""
+    def write(temporary):
+        with open(temporary, 'w', encoding='utf-8', newline='') as file:
+            writer = csv.DictWriter(file, fieldnames=['step', 'epoch', 'lr'], lineterminator='\n')
+            writer.writeheader()
+            writer.writerows({**row, 'lr': repr(row['lr'])} for row in rows)
+    write_atomically(path, write)
 
 
 def main(argv=None):
@@ -67,7 +69,7 @@ def main(argv=None):
         points = [{'epoch': row['step'] / args.steps_per_epoch, 'lr': row['lr']} for row in rows]
         batch = engine.learning_rates(config, args.world_size)['effective_batch']
         title = f'TRAIN.LR_SCHEDULE {config.TRAIN.LR_SCHEDULE}, global batch {batch}'
-        utils.save_line_charts(points, 'epoch', [(title, [('lr', (31, 119, 180))])], args.png)
+        charts.save_line_charts(points, 'epoch', [(title, [('lr', (31, 119, 180))])], args.png)
     peak = max(rows, key=lambda row: row['lr'])
     print(f'{len(rows)} optimizer steps ({config.TRAIN.LR_SCHEDULE} schedule): lr {rows[0]["lr"]:.4g} at step '
           f'{rows[0]["step"]}, peak {peak["lr"]:.4g} at step {peak["step"]}, {rows[-1]["lr"]:.4g} at the last step '

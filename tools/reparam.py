@@ -12,9 +12,10 @@ import sys
 import repo_path  # noqa: F401  (the repository root on sys.path, for the imports below)
 import runtime  # noqa: F401  (before paddle: CPU threads and MKL path)
 
+from checkpoint import CheckpointError, save_atomically
 from config import build_arg_parser, get_config, update_config
 from inference import check_close, deploy_model, load_model, random_images, run_model
-from utils import CheckpointError, run_cli, save_atomically
+from utils import run_cli
 
 CHECK_BATCH = 2  # random images each form is compared on
 
