@@ -122,6 +122,14 @@ def test_list_files_from_windows_editors_load_like_clean_ones(tree, capsys):
     assert check_dataset.main(['-data_path', str(tree), '-opts', 'MODEL.NUM_CLASSES', '3']) == 0
 
 
+def test_sixteen_bit_greys_are_divided_by_257():
+    """65535 / 255 = 257 exactly: 257 k + 129 is k + 0.502 and rounds up, where a scale of 255 / 65536 would round
+    it down."""
+    grey = Image.fromarray(np.array([[0, 257, 51529, 65535]], dtype=np.uint16))
+    assert grey.mode.startswith('I')
+    assert np.asarray(datasets.to_rgb(grey))[0, :, 0].tolist() == [0, 1, 201, 255]
+
+
 def test_missing_list_file_and_empty_path(tmp_path):
     with pytest.raises(DatasetError, match='val_list.txt: list file not found'):
         datasets.get_dataset(make_config(tmp_path), is_train=False)
