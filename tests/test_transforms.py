@@ -148,9 +148,9 @@ def solarized(image, threshold):
     return channel_lut(image, lambda v: np.where(v >= threshold, 255 - v, v))
 
 
-# Each operation as specified: reference(image, level, sign, resample) from PIL or a numpy formula. `sign` (+1 or
-# -1) is the random sign of the signed operations (the first element True); the level -> argument maps are the
-# docstrings' (e.g. shear +-0.3 at level 10), written out here.
+# Each operation as specified, as (signed, reference(image, level, sign, resample)) with the reference from PIL or a
+# numpy formula; `sign` (+1 or -1) is the random sign that a signed operation draws. The level -> argument maps are
+# the docstrings' (e.g. shear +-0.3 at level 10), written out here.
 def increasing_factor(level, sign):
     return max(0.1, 1.0 + sign * level / 10 * 0.9)
 
