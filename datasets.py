@@ -370,35 +370,55 @@ def _write_demo_files(root):
 
 
 def demo_image(label, rng):
-    """A photo-like DEMO_SIDE x DEMO_SIDE RGB image of class `label`: a noisy gradient with a shape on it.
+    """A photo-like DEMO_SIDE x DEMO_SIDE RGB image of class `label` (see `photo_like_image`) with one shape on it.
 
-    The class sets the shape and a hue range; size, position, rotation, colours, blur and noise are random.
+    The class sets the shape and a hue range; size, position, rotation and colour are random.
     """
-    side = DEMO_SIDE
+    return photo_like_image(rng, (DEMO_SIDE, DEMO_SIDE), lambda draw, rng: _draw_shape(draw, label, rng, DEMO_SIDE))
+
+
+def photo_like_image(rng, size, draw_content, blur=(0.3, 1.2), noise=(4, 14)):
+    """A random photo-like RGB image of `size` (width, height): a two-colour gradient (top to bottom or left to
+    right), what `draw_content(ImageDraw, rng)` paints on it, a Gaussian blur and sensor-like Gaussian noise,
+    their radius and std drawn from the ranges `blur` and `noise`.
+
+    The one generator of this repository's synthetic images: the demo data, tools/make_shapes_dataset.py's
+    shapes and tools/benchmark.py's JPEGs. The same state of the numpy Generator `rng` gives the same image.
+    """
+    width, height = size
     corner_a, corner_b = rng.uniform(30, 220, 3), rng.uniform(30, 220, 3)
-    ramp = np.linspace(0, 1, side)[:, None, None] * np.ones((side, side, 1))
     if rng.random() < 0.5:
-        ramp = ramp.transpose(1, 0, 2)
+        ramp = np.linspace(0, 1, width)[None, :, None] * np.ones((height, width, 1))
+    else:
+        ramp = np.linspace(0, 1, height)[:, None, None] * np.ones((height, width, 1))
     background = corner_a * (1 - ramp) + corner_b * ramp
     image = Image.fromarray(np.clip(background, 0, 255).astype(np.uint8))
-    _draw_shape(ImageDraw.Draw(image), label, rng, side)
-    image = image.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0.3, 1.2))))
-    noisy = np.asarray(image, dtype=np.float64) + rng.normal(0, rng.uniform(4, 14), (side, side, 3))
+    draw_content(ImageDraw.Draw(image), rng)
+    image = image.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(*blur))))
+    noisy = np.asarray(image, dtype=np.float64) + rng.normal(0, rng.uniform(*noise), (height, width, 3))
     return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
 
 
-def _class_colour(label, rng):
-    """An RGB colour whose hue is near the class's own point of the colour wheel."""
-    hue = (label / len(DEMO_CLASSES) + rng.uniform(-0.06, 0.06)) % 1.0
-    rgb = colorsys.hsv_to_rgb(hue, rng.uniform(0.6, 1.0), rng.uniform(0.55, 1.0))
+def vivid_colour(rng, hue=None):
+    """A random RGB colour of saturation 0.6-1 and value 0.55-1: of a hue within 0.06 of `hue` (0-1 around the
+    colour wheel), or of any hue when `hue` is None."""
+    hue = rng.random() if hue is None else hue + rng.uniform(-0.06, 0.06)
+    rgb = colorsys.hsv_to_rgb(hue % 1.0, rng.uniform(0.6, 1.0), rng.uniform(0.55, 1.0))
     return tuple(int(round(c * 255)) for c in rgb)
 
 
-def _draw_shape(draw, label, rng, side):
-    colour = _class_colour(label, rng)
-    radius = rng.uniform(0.2, 0.35) * side
+def random_placement(rng, side, radius_range):
+    """(radius, cx, cy, angle) of a shape inside a side x side image: radius a fraction `radius_range` of the
+    side, the centre at least radius from every edge, any rotation."""
+    radius = rng.uniform(*radius_range) * side
     cx, cy = rng.uniform(radius, side - radius, 2)
-    angle = rng.uniform(0, 2 * math.pi)
+    return radius, cx, cy, rng.uniform(0, 2 * math.pi)
+
+
+def _draw_shape(draw, label, rng, side):
+    # Each class has its own point of the colour wheel, so that colour helps the small demo model.
+    colour = vivid_colour(rng, label / len(DEMO_CLASSES))
+    radius, cx, cy, angle = random_placement(rng, side, (0.2, 0.35))
     name = DEMO_CLASSES[label]
     if name == 'disc':
         draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=colour)

@@ -1,7 +1,8 @@
 """datasets.py and the data tools: list files and their errors, bad images, samplers over 1-3 ranks, the
-loader's contract, the demo data, tools/make_list_files.py and tools/check_dataset.py."""
+loader's contract, the demo data, tools/make_list_files.py, tools/check_dataset.py, tools/make_shapes_dataset.py."""
 
 import filecmp
+import hashlib
 import multiprocessing.pool
 import os
 
@@ -15,6 +16,7 @@ from config import get_config
 from datasets import DatasetError, EvalBatchSampler, TrainBatchSampler
 import check_dataset
 import make_list_files
+import make_shapes_dataset
 
 
 def make_config(data_path, dataset='imagenet2012', **data):
@@ -118,6 +120,14 @@ def test_list_files_from_windows_editors_load_like_clean_ones(tree, capsys):
         assert datasets.get_dataset(config, is_train).samples == clean[is_train].samples
     np.testing.assert_array_equal(datasets.get_dataset(config, False)[0][0], clean[False][0][0])
     assert check_dataset.main(['-data_path', str(tree), '-opts', 'MODEL.NUM_CLASSES', '3']) == 0
+
+
+def test_sixteen_bit_greys_are_divided_by_257():
+    """65535 / 255 = 257 exactly: 257 k + 129 is k + 0.502 and rounds up, where a scale of 255 / 65536 would round
+    it down."""
+    grey = Image.fromarray(np.array([[0, 257, 51529, 65535]], dtype=np.uint16))
+    assert grey.mode.startswith('I')
+    assert np.asarray(datasets.to_rgb(grey))[0, :, 0].tolist() == [0, 1, 201, 255]
 
 
 def test_missing_list_file_and_empty_path(tmp_path):
@@ -237,6 +247,25 @@ def test_demo_dataset_is_deterministic_and_complete(tmp_path):
     assert len(files) > 400
     match, mismatch, errors = filecmp.cmpfiles(first, second, files, shallow=False)
     assert not mismatch and not errors
+
+
+def pixels_md5(images):
+    digest = hashlib.md5()
+    for image in images:
+        digest.update(image.tobytes())
+    return digest.hexdigest()
+
+
+def test_generated_images_keep_their_pixels():
+    """The README's demo and fine-tuning figures were measured on these images: the first training image of
+    every class of the demo data and of tools/make_shapes_dataset.py (both colour modes), pixel for pixel."""
+    demo = [datasets.demo_image(label, np.random.default_rng([datasets.DEMO_SEED, 1, label, 0]))
+            for label in range(len(datasets.DEMO_CLASSES))]
+    assert pixels_md5(demo) == '0c457ed5d8f9eee19bf3cdfe6203205f'
+    shapes = [make_shapes_dataset.shape_image(label, np.random.default_rng([make_shapes_dataset.SEED, True, label, 0]),
+                                              any_colour)
+              for label in range(len(make_shapes_dataset.CLASSES)) for any_colour in (False, True)]
+    assert pixels_md5(shapes) == '4421b4b0d28058c4b27789bd45e88586'
 
 
 def test_demo_dataset_through_get_dataset(tmp_path):

@@ -11,13 +11,15 @@ arguments write the same images.
 """
 
 import argparse
-import colorsys
 import math
 import os
 import sys
 
-import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+from datasets import photo_like_image, random_placement, vivid_colour  # noqa: E402
 
 import repo_path  # noqa: F401  (the repository root on sys.path, for the imports below)
 from config import UserError
@@ -47,26 +49,21 @@ def outline(name, radius, angle, rng):
 
 
 def shape_image(label, rng, any_colour=False):
-    """A SIDE x SIDE RGB image of class `label`: a noisy two-colour gradient with one shape whose hue is near the
-    class's own (or, with `any_colour`, any colour)."""
-    corner_a, corner_b = rng.uniform(30, 220, 3), rng.uniform(30, 220, 3)
-    ramp = np.linspace(0, 1, SIDE)[:, None, None] * np.ones((SIDE, SIDE, 1))
-    if rng.random() < 0.5:
-        ramp = ramp.transpose(1, 0, 2)
-    image = Image.fromarray(np.clip(corner_a * (1 - ramp) + corner_b * ramp, 0, 255).astype(np.uint8))
-    radius = rng.uniform(0.22, 0.38) * SIDE
-    cx, cy = rng.uniform(radius, SIDE - radius, 2)
-    corners = [(cx + x, cy + y) for x, y in outline(CLASSES[label], radius, rng.uniform(0, 2 * math.pi), rng)]
-    hue = rng.random() if any_colour else ((label + 0.5) / len(CLASSES) + rng.uniform(-0.06, 0.06)) % 1.0
-    colour = tuple(int(round(c * 255)) for c in colorsys.hsv_to_rgb(hue, rng.uniform(0.6, 1.0), rng.uniform(0.55, 1.0)))
-    draw = ImageDraw.Draw(image)
+    """A SIDE x SIDE photo-like RGB image (see datasets.photo_like_image) of class `label`: one shape whose hue is
+    near the class's own (or, with `any_colour`, any colour)."""
+    return photo_like_image(rng, (SIDE, SIDE), lambda draw, rng: draw_shape(draw, label, rng, any_colour))
+
+
+def draw_shape(draw, label, rng, any_colour):
+    """Paint the shape of class `label` at a random place, size, rotation and colour."""
+    radius, cx, cy, angle = random_placement(rng, SIDE, (0.22, 0.38))
+    corners = [(cx + x, cy + y) for x, y in outline(CLASSES[label], radius, angle, rng)]
+    # Between the demo classes' hues, so that each class here has its own colour too.
+    colour = vivid_colour(rng, None if any_colour else (label + 0.5) / len(CLASSES))
     if CLASSES[label] == 'frame':
         draw.line(corners + corners[:1], fill=colour, width=max(2, int(radius / 4)), joint='curve')
     else:
         draw.polygon(corners, fill=colour)
-    image = image.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0.3, 1.2))))
-    noisy = np.asarray(image, dtype=np.float64) + rng.normal(0, rng.uniform(4, 14), (SIDE, SIDE, 3))
-    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
 
 
 def write_shapes_dataset(root, train_per_class, val_per_class, any_colour=False):
