@@ -120,18 +120,19 @@ def stop_ranks(processes, signum, grace=30):
             process.join()
 
 
-def main():
-    """Parse the flags and resolve the config, then join a launched job or spawn the ranks."""
+def main(argv=None):
+    """Parse the flags and resolve the config, then join a launched job or spawn the ranks; returns the exit code."""
     parser = build_arg_parser('Train or evaluate RepMLPNet data-parallel over several processes.')
     parser.add_argument('-nprocs', type=int, default=None,
                         help='processes to spawn: default one per visible GPU; required on a machine without GPU')
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     config = update_config(get_config(), args)
     if all(name in os.environ for name in LAUNCH_ENV):
         worker(config)
     else:
         spawn(config, args.nprocs)
+    return 0
 
 
 if __name__ == '__main__':
-    run_cli(main)
+    sys.exit(run_cli(main))

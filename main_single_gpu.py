@@ -6,6 +6,8 @@
         -data_path /data/imagenet -output output/b224_eval
 """
 
+import sys
+
 import runtime  # noqa: F401  (before paddle: CPU threads and MKL path)
 
 import engine
@@ -13,11 +15,12 @@ from config import build_arg_parser, get_config, update_config
 from utils import run_cli
 
 
-def main():
-    """Parse the flags, resolve the config, run."""
-    args = build_arg_parser('Train or evaluate RepMLPNet in one process.').parse_args()
+def main(argv=None):
+    """Parse the flags, resolve the config, run; returns the exit code."""
+    args = build_arg_parser('Train or evaluate RepMLPNet in one process.').parse_args(argv)
     engine.run(update_config(get_config(), args))
+    return 0
 
 
 if __name__ == '__main__':
-    run_cli(main)
+    sys.exit(run_cli(main))

@@ -366,8 +366,11 @@ def test_benchmark_train_times_both_fc3_forms(capsys):
         row = next(line for line in out.splitlines() if line.startswith(form))
         rate, peak, fraction, tensors, rss = map(float, row[len(form):].replace('%', '').split()[1:])  # after AMP
         assert rate > 0 and peak > 0 and 0 < tensors < rss
-        # one timed step: its fraction is its rate against the peak timed just before it
-        assert fraction == pytest.approx(100 * rate * step_flops / 1e9 / peak, rel=0.01, abs=0.06)
+        # one timed step: its fraction is its rate against the peak timed just before it, to the printed digits
+        # (rate 0.01, peak 1 GFLOP/s, fraction 0.1%: on a loaded machine the peak can be a few GFLOP/s)
+        lowest = 100 * (rate - 0.005) * step_flops / 1e9 / (peak + 0.5) - 0.05
+        highest = 100 * (rate + 0.005) * step_flops / 1e9 / max(peak - 0.5, 1e-9) + 0.05
+        assert lowest <= fraction <= highest
 
 
 @pytest.mark.parametrize('bound', [0.01, 1e6], ids=['clipping', 'within-bound'])

@@ -15,14 +15,11 @@ import math
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import numpy as np  # noqa: E402
-
-from datasets import photo_like_image, random_placement, vivid_colour  # noqa: E402
+import numpy as np
 
 import repo_path  # noqa: F401  (the repository root on sys.path, for the imports below)
 from config import UserError
+from datasets import photo_like_image, random_placement, vivid_colour
 from utils import run_cli
 
 CLASSES = ('star', 'hexagon', 'ellipse', 'arrow', 'frame')
