@@ -468,7 +468,7 @@ NODE_LOCAL_KEYS = ('SAVE', 'DATA.DATA_PATH', 'DATA.NUM_WORKERS', 'MODEL.PRETRAIN
 def check_configs_agree(config):
     """RanksDisagree on every rank when a rank's resolved config differs from rank 0's outside NODE_LOCAL_KEYS
     (e.g. another -opts typed on one node)."""
-    values = {key: value for key, value in flatten_config(config).items() if key not in NODE_LOCAL_KEYS}
+    values = {key: value for key, value in flatten(config).items() if key not in NODE_LOCAL_KEYS}
     per_rank = utils.gather_objects(values)
     for rank, other in enumerate(per_rank[1:], start=1):
         differing = sorted(key for key in values if other.get(key) != per_rank[0].get(key))
@@ -479,12 +479,13 @@ def check_configs_agree(config):
                                       'give every node the same command')
 
 
-def flatten_config(node, prefix=''):
-    """{'DATA.BATCH_SIZE': 32, ...}: every leaf of a yacs config under its dotted key."""
+def flatten(node, separator='.', prefix=''):
+    """Every leaf of nested dicts under its joined key: {'DATA.BATCH_SIZE': 32, ...} for a yacs config; checkpoints,
+    whose parameter names hold dots, are flattened with another separator."""
     flat = {}
     for name, value in node.items():
         if isinstance(value, dict):
-            flat.update(flatten_config(value, f'{prefix}{name}.'))
+            flat.update(flatten(value, separator, f'{prefix}{name}{separator}'))
         else:
             flat[f'{prefix}{name}'] = value
     return flat
@@ -583,8 +584,8 @@ def check_schedule_unchanged(config, checkpoint_config, path):
     MODEL.NEW_SCHEDULE (-new_schedule) says that the change is meant."""
     if config.MODEL.NEW_SCHEDULE or not checkpoint_config:
         return
-    old = flatten_config(yaml.safe_load(checkpoint_config))
-    new = flatten_config(config)
+    old = flatten(yaml.safe_load(checkpoint_config))
+    new = flatten(config)
     changed = [f'{key} {old[key]} -> {new[key]}' for key in SCHEDULE_KEYS if key in old and old[key] != new[key]]
     if changed:
         raise ConfigError(f'-resume {path}: the schedule differs from the checkpoint\'s ({", ".join(changed)}); '

@@ -12,6 +12,7 @@ import paddle
 import pytest
 
 from config import get_config
+from engine import flatten
 from repmlp import build_repmlp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -101,17 +102,6 @@ def finish_process(process, timeout=180):
     return process.returncode, out, err
 
 
-def flatten_state(state, prefix=''):
-    """A nested checkpoint dict as one {'a/b/c': value} dict, to compare two checkpoints key by key."""
-    flat = {}
-    for key, value in state.items():
-        if isinstance(value, dict):
-            flat.update(flatten_state(value, f'{prefix}{key}/'))
-        else:
-            flat[prefix + key] = value
-    return flat
-
-
 def kill_group(process):
     """SIGKILL the process and everything it started (the launcher and its ranks), like a lost machine."""
     os.killpg(process.pid, signal.SIGKILL)
@@ -130,7 +120,7 @@ def wait_for(path, text, process, timeout=120):
 
 def assert_same_checkpoint(path_a, path_b):
     """Two training checkpoints hold the same weights, optimizer, EMA, schedule and best accuracies, bit for bit."""
-    a, b = flatten_state(paddle.load(path_a)), flatten_state(paddle.load(path_b))
+    a, b = flatten(paddle.load(path_a), '/'), flatten(paddle.load(path_b), '/')
     assert a.keys() == b.keys()
     for key in set(a) - {'config'}:  # the configs differ in SAVE and RESUME only
         if isinstance(a[key], paddle.Tensor):
