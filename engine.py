@@ -317,28 +317,51 @@ def train_one_epoch(trainer, loader, epoch):
         is_update = (index + 1) % accum_iter == 0
         loss = _forward_backward(trainer, images, targets, is_update)
         if not math.isfinite(loss):
-            found = checkpoint.newest_checkpoint(config.SAVE)
-            last_good = f'the last good checkpoint is {found}' if found else f'no checkpoint yet in {config.SAVE}'
-            raise TrainingDiverged(f'epoch {epoch + 1}, batch {index + 1}: the loss is {loss}; stopped before the '
-                                   f'update, {last_good}. Lower TRAIN.BASE_LR or set TRAIN.GRAD_CLIP')
+            raise _diverged(config, epoch, index, loss)
         if is_update:
             skipped_steps += _optimizer_step(trainer)
         loss_meter.update(loss, len(labels))
         images_seen += len(labels)
-        if (index + 1) % config.REPORT_FREQ == 0 or index + 1 == num_batches or time.time() - logged > PROGRESS_SECONDS:
+        every_rank_reports = (index + 1) % config.REPORT_FREQ == 0 or index + 1 == num_batches
+        if every_rank_reports or time.time() - logged > PROGRESS_SECONDS:
             logged = time.time()
             _log_progress(logger, f'Epoch {epoch + 1}/{config.TRAIN.NUM_EPOCHS}', index + 1, num_batches,
-                          images_seen, start, f'loss {loss_meter.global_avg():.4f} lr {trainer.optimizer.get_lr():.3e}')
-    elapsed = time.time() - start
-    world_images = images_seen * utils.get_world_size()
+                          images_seen, start, f'{_progress_loss(loss_meter, every_rank_reports)} '
+                                              f'lr {trainer.optimizer.get_lr():.3e}')
+    steps = (epoch, skipped_steps, num_batches // accum_iter)
+    return _epoch_stats(trainer, loss_meter, images_seen, time.time() - start, steps)
+
+
+def _diverged(config, epoch, index, loss):
+    """The TrainingDiverged error for a non-finite `loss` at batch `index`, naming the checkpoint to go back to."""
+    found = checkpoint.newest_checkpoint(config.SAVE)
+    last_good = f'the last good checkpoint is {found}' if found else f'no checkpoint yet in {config.SAVE}'
+    return TrainingDiverged(f'epoch {epoch + 1}, batch {index + 1}: the loss is {loss}; stopped before the update, '
+                            f'{last_good}. Lower TRAIN.BASE_LR or set TRAIN.GRAD_CLIP')
+
+
+def _progress_loss(loss_meter, every_rank_reports):
+    """The loss of a progress line: the mean over all ranks at the steps where every rank reports (a collective);
+    on a line due to PROGRESS_SECONDS alone, this rank's mean: the ranks' clocks differ, so a collective there
+    could meet another rank's gradient all-reduce instead of its own."""
+    if every_rank_reports:
+        return f'loss {loss_meter.global_avg():.4f}'
+    rank = f' (rank {utils.get_rank()})' if utils.get_world_size() > 1 else ''
+    return f'loss {loss_meter.local_avg():.4f}{rank}'
+
+
+def _epoch_stats(trainer, loss_meter, images_seen, elapsed, steps):
+    """The epoch's metrics dict (loss over all ranks, LR, speed; the AMP steps skipped), logging skipped steps;
+    `steps` is (epoch, optimizer steps the GradScaler skipped, optimizer steps)."""
+    epoch, skipped_steps, num_steps = steps
     stats = {'train_loss': loss_meter.global_avg(), 'lr': trainer.optimizer.get_lr(),
-             'train_images_per_sec': world_images / elapsed, 'train_time': elapsed}
+             'train_images_per_sec': images_seen * utils.get_world_size() / elapsed, 'train_time': elapsed}
     if trainer.scaler.is_enable():
         # the gradients are all-reduced before the scaler looks at them, so every rank skips the same steps
         stats['amp_skipped_steps'] = skipped_steps
         if skipped_steps:
-            logger.info(f'Epoch {epoch + 1}: the float16 GradScaler skipped {skipped_steps} of '
-                        f'{num_batches // accum_iter} optimizer steps (inf/NaN gradients; the loss scale was lowered)')
+            trainer.logger.info(f'Epoch {epoch + 1}: the float16 GradScaler skipped {skipped_steps} of {num_steps} '
+                                'optimizer steps (inf/NaN gradients; the loss scale was lowered)')
     return stats
 
 

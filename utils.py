@@ -253,7 +253,7 @@ def setup_logger(output_dir):
 
 
 class AverageMeter:
-    """A running sum and count of a value, on the host, averaged over all ranks by `global_avg`."""
+    """A running sum and count of a value, on the host: `local_avg` on this rank, `global_avg` over all ranks."""
 
     def __init__(self):
         self.sum, self.count = 0.0, 0
@@ -262,6 +262,10 @@ class AverageMeter:
         """Add `value` (a mean over `count` samples)."""
         self.sum += value * count
         self.count += count
+
+    def local_avg(self):
+        """The mean on this rank alone (no collective)."""
+        return self.sum / self.count if self.count else 0.0
 
     def global_avg(self):
         """The mean over all ranks (a collective: every rank must call it at the same point)."""

@@ -10,9 +10,9 @@ import runtime  # noqa: E402,F401  (before paddle, as the entry points do)
 
 
 def pytest_configure(config):
-    """Register the `slow` mark (whole runs: killed, stopped and resumed, over several processes or launch nodes);
-    `-m "not slow"` leaves them out."""
-    config.addinivalue_line('markers', 'slow: whole runs killed, stopped, resumed, over several processes or nodes')
+    """Register the `slow` mark (whole runs: killed, stopped and resumed, over several processes or launch nodes;
+    the benchmark's subcommands; B224 at 448; programs started many times); `-m "not slow"` leaves them out."""
+    config.addinivalue_line('markers', 'slow: whole runs, benchmarks and large models, left out by -m "not slow"')
 
 
 def pytest_sessionstart(session):

@@ -330,8 +330,12 @@ def test_a_fraction_above_the_peak_is_marked_as_a_measurement_error():
 
 
 def test_a_progress_line_comes_at_least_every_progress_seconds(tmp_path, monkeypatch):
-    """With REPORT_FREQ beyond the epoch, slow steps still log: here every step, with PROGRESS_SECONDS 0."""
+    """With REPORT_FREQ beyond the epoch, slow steps still log: here every step, with PROGRESS_SECONDS 0. Only the
+    lines that every rank writes at the same step (REPORT_FREQ, the last) reduce the loss over ranks: a line due to
+    the clock alone must not start a collective that the other ranks do not."""
     monkeypatch.setattr(engine, 'PROGRESS_SECONDS', 0)
+    reductions = []
+    monkeypatch.setattr(engine.utils, 'all_reduce_sum', lambda values: reductions.append(values) or values)
     config = get_config(TINY)
     config.defrost()
     config.REPORT_FREQ, config.SAVE = 1000, str(tmp_path)
@@ -345,8 +349,10 @@ def test_a_progress_line_comes_at_least_every_progress_seconds(tmp_path, monkeyp
     engine.train_one_epoch(trainer, loader, epoch=0)
     assert [m.split(' loss')[0] for m in messages if m.startswith('Epoch')] == [
         'Epoch 1/8 [1/3]', 'Epoch 1/8 [2/3]', 'Epoch 1/8 [3/3]']
+    assert len(reductions) == 2  # the last step's line and the epoch's mean
 
 
+@pytest.mark.slow
 def test_benchmark_train_times_both_fc3_forms(capsys):
     """tools/benchmark.py train: one row per fc3 form, each with its rate, peak, fraction and memory."""
     import benchmark

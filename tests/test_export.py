@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import paddle
+import pytest
 
 from helpers import relative_error, tiny_config, trained_like_model
 from inference import create_predictor, onnx_run, onnx_session, predictor_run
@@ -56,6 +57,7 @@ def test_export_matches_the_training_time_model(tmp_path):
     assert not (tmp_path / 'bad').exists()
 
 
+@pytest.mark.slow
 def test_benchmark_infer_times_the_three_forms(tmp_path, capsys):
     import benchmark
     tiny_config(tmp_path)

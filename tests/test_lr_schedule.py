@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,6 +48,7 @@ def test_batch_and_resume_flags_shape_the_rows(tmp_path):
     np.testing.assert_allclose([float(row['lr']) for row in rows], official[200:] / 2, rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.slow
 def test_bad_usage_is_one_line_and_writes_nothing(tmp_path):
     code, _, err = lr_schedule('-cfg', *OFFICIAL, '-steps_per_epoch', '0', '-csv', str(tmp_path / 'x.csv'))
     assert code == 2 and err.strip() == 'error: -steps_per_epoch must be positive, got 0'

@@ -180,6 +180,7 @@ def b224_config(*flags):
         ['-cfg', os.path.join(ROOT, 'configs', 'repmlp_b_224.yaml')] + list(flags)))
 
 
+@pytest.mark.slow
 def test_b224_weights_at_448_features_and_exact_deploy_form():
     """The issue's example: B224's partitions are 56, 28, 14, 7, so at 448 every map holds 2x2 of them and the
     same weights apply; features keep strides 4..32 (also for a non-square input), before and after injection."""

@@ -191,25 +191,32 @@ def draw_hierarchy(canvas, config, stages, top):
 
 def draw_block(canvas, config, stage, top, bottom):
     """Panels (2) and (3): one RepMLP block in training-time form, locality_injection(), the deploy form."""
-    kernels = list(config.MODEL.REPARAM_CONV_K)
     C, h, w, S = stage['channels'], stage['h'], stage['w'], stage['sets']
-    area = h * w
     split = 1080
     canvas.draw.rectangle((10, top, split - 8, bottom), fill=PANEL)
     canvas.draw.rectangle((split + 8, top, WIDTH - 10, bottom), fill=PANEL)
     canvas.text((24, top + 14), '(2) RepMLP block, training-time form', size=20, bold=True, anchor='la')
     canvas.text((24, top + 44), f'drawn for stage {stage["index"]}: C = {C} channels, partitions h x w = {h} x {w}, '
                 f'S = {S} share-sets', size=15, fill=MUTED, anchor='la')
-
-    # input and partitioning
     yc = top + 270
     x_in = canvas.box(30, yc - 38, 150, yc + 38, f'x\n[N, {C}, H, W]', fill=BG, size=14)
     part = canvas.box(185, yc - 55, 345, yc + 55,
                       f'partition\ninto {h} x {w}\n-> [S, M, {h}x{w}]\nS = {S},\nM = N*C/S*parts', fill=NORM,
                       size=13)
     canvas.arrow([mid_right(x_in), mid_left(part)])
+    plus_x = draw_branches(canvas, stage, list(config.MODEL.REPARAM_CONV_K), part, yc)
+    draw_merge_and_gate(canvas, stage, x_in, plus_x, yc, top + 115)
+    canvas.text((545, bottom - 38),
+                'Each branch works on every h x w partition on its own; the C/S channels of a share-set and all\n'
+                'partitions share its FC and kernels; BN statistics are per share-set.  The branches are summed.',
+                size=13, fill=MUTED)
+    draw_deploy_form(canvas, stage, split + 24, top, yc)
 
-    # branches: channel perceptron on top, one conv branch per kernel below
+
+def draw_branches(canvas, stage, kernels, part, yc):
+    """The channel perceptron's fc3 + BN on top and one conv + BN branch per kernel below, from the partitioned
+    input `part` to their sum at height `yc`; returns the x of the sum."""
+    S, area = stage['sets'], stage['h'] * stage['w']
     rows = ['fc'] + kernels
     spacing = min(86, 330 / max(len(rows), 1))
     first = yc - spacing * (len(rows) - 1) / 2
@@ -231,30 +238,31 @@ def draw_block(canvas, config, stage, top, bottom):
     canvas.text((520, ys[0] - 48), 'channel perceptron', size=15, bold=True)
     if kernels:
         canvas.text((520, ys[-1] + 48), f'local perceptron (k in {kernels})', size=15, bold=True)
+    return plus_x
 
+
+def draw_merge_and_gate(canvas, stage, x_in, plus_x, yc, gate_y):
+    """The merge of the partitions after the sum at `plus_x`, the output, and the global perceptron's gate (at
+    height `gate_y`) from the block input `x_in` onto it."""
+    C = stage['channels']
     merge = canvas.box(795, yc - 40, 925, yc + 40, f'merge\npartitions\n-> [N, {C}, H, W]', fill=NORM, size=13)
-    canvas.arrow([(plus_x + 15, plus_y), mid_left(merge)])
+    canvas.arrow([(plus_x + 15, yc), mid_left(merge)])
     times_x = 965
     canvas.operator(times_x, yc, 'x')
     canvas.arrow([mid_right(merge), (times_x - 15, yc)])
     out = canvas.box(1000, yc - 25, 1055, yc + 25, 'out', fill=BG, size=14)
     canvas.arrow([(times_x + 15, yc), mid_left(out)])
-
-    # global perceptron: a gate over channels, from the block input
-    gy = top + 115
-    gp = canvas.box(230, gy - 32, 880, gy + 32,
+    gp = canvas.box(230, gate_y - 32, 880, gate_y + 32,
                     f'global perceptron: avg pool -> 1x1 conv {C} -> {C // 4}, ReLU -> 1x1 conv {C // 4} -> {C}, '
                     f'sigmoid\n= gate [N, {C}, 1, 1] (channel weights)', fill=GLOBAL, size=13)
-    canvas.arrow([mid_top(x_in), (90, gy), mid_left(gp)])
-    canvas.arrow([mid_right(gp), (times_x, gy), (times_x, yc - 15)])
+    canvas.arrow([mid_top(x_in), (90, gate_y), mid_left(gp)])
+    canvas.arrow([mid_right(gp), (times_x, gate_y), (times_x, yc - 15)])
 
-    canvas.text((545, bottom - 38),
-                'Each branch works on every h x w partition on its own; the C/S channels of a share-set and all\n'
-                'partitions share its FC and kernels; BN statistics are per share-set.  The branches are summed.',
-                size=13, fill=MUTED)
 
-    # (3) locality_injection() and the deploy form
-    x0 = split + 24
+def draw_deploy_form(canvas, stage, x0, top, yc):
+    """Panel (3), from `x0`: the locality_injection() arrow and the deploy form's steps."""
+    C, h, w, S = stage['channels'], stage['h'], stage['w'], stage['sets']
+    area = h * w
     canvas.text((x0, top + 14), '(3) deploy form', size=20, bold=True, anchor='la')
     canvas.block_arrow(x0, yc - 34, x0 + 190, yc + 34)
     canvas.text((x0 + 85, yc), 'locality_injection()', size=14, bold=True)
