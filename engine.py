@@ -456,6 +456,7 @@ def validate(model, loader, config, logger):
 def run(config):
     """Evaluate (EVAL) or train as `config` says, in this process; returns the final metrics dict."""
     paddle.set_device('gpu' if paddle.device.cuda.device_count() > 0 else 'cpu')
+    cpu_ops.kernels_switched_on()  # a bad REPMLP_CPU_KERNELS is refused here, before anything is written
     check_configs_agree(config)
     utils.on_main_process(lambda: refuse_to_overwrite(config))  # before anything is written into SAVE
     logger = utils.setup_logger(config.SAVE)

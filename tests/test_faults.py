@@ -189,6 +189,14 @@ def test_a_config_file_that_does_not_exist(tmp_path):
     assert_one_error_line(code, err, 'config file not found', 'nope.yaml')
 
 
+def test_a_bad_kernel_switch_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    monkeypatch.setenv('REPMLP_CPU_KERNELS', 'off')
+    code, _, err = finish_process(start_process(['main_single_gpu.py', '-cfg', TINY, '-data_path',
+                                                 str(tmp_path / 'demo'), '-output', str(tmp_path / 'run')]))
+    assert_one_error_line(code, err, "REPMLP_CPU_KERNELS='off'", 'use 1')
+    assert not (tmp_path / 'run').exists() and not (tmp_path / 'demo').exists()
+
+
 # ---------------------------------------------------------------------------------------------- weights
 
 def test_a_pytorch_file_from_the_command_line(tmp_path):
