@@ -230,13 +230,18 @@ def is_deploy_form(shapes):
     return None
 
 
+def set_state_strictly(model, state, source):
+    """`model.set_state_dict(state)` once `check_state_dict` has found every key and shape of `model` in `state`
+    (Paddle's own only warns); `source` names the state in the error."""
+    check_state_dict(model, state, source)
+    model.set_state_dict(state)
+
+
 def load_weights(model, path):
     """Load the weights file at `path` into `model`, strictly: every key and shape must match.
 
     In a parallel job only rank 0 reads the file (see `utils.on_main_process`)."""
-    state = utils.on_main_process(lambda: read_state_dict(path))
-    check_state_dict(model, state, path)
-    model.set_state_dict(state)
+    set_state_strictly(model, utils.on_main_process(lambda: read_state_dict(path)), path)
     return model
 
 
@@ -265,8 +270,7 @@ def load_weights_except_head(model, path):
     kept = {name: value for name, value in state.items() if not name.startswith(CLASSIFIER_PREFIX)}
     # the model's own head stands in for the file's, so that the strict check covers everything else
     kept.update({name: value for name, value in own.items() if name.startswith(CLASSIFIER_PREFIX)})
-    check_state_dict(model, kept, path)
-    model.set_state_dict(kept)
+    set_state_strictly(model, kept, path)
     return left_out
 
 

@@ -483,7 +483,6 @@ def how_to_continue(config):
     return f'{last}; continue with: python {shlex.join(words)}'
 
 
-
 # Keys that may differ between the nodes of one job: where each node keeps its files and how many loader workers
 # it runs; the weights and checkpoints that MODEL.PRETRAINED and MODEL.RESUME name are read on rank 0 only.
 NODE_LOCAL_KEYS = ('SAVE', 'DATA.DATA_PATH', 'DATA.NUM_WORKERS', 'MODEL.PRETRAINED', 'MODEL.RESUME')
@@ -596,7 +595,6 @@ def data_parallel(world_size):
     return world_size > 1 and paddle.distributed.get_backend() != 'GLOO'
 
 
-
 # What shapes the LR schedule: resuming with other values changes the LR of every step from here on.
 SCHEDULE_KEYS = ('TRAIN.NUM_EPOCHS', 'TRAIN.WARMUP_EPOCHS', 'TRAIN.LR_SCHEDULE', 'TRAIN.BASE_LR',
                  'TRAIN.WARMUP_START_LR', 'TRAIN.END_LR', 'TRAIN.LR_REFERENCE_BATCH', 'DATA.BATCH_SIZE',
@@ -632,8 +630,7 @@ def restore(trainer, path):
         return state
 
     state = utils.on_main_process(read_and_check)
-    checkpoint.check_state_dict(trainer.raw_model, state['model'], path)
-    trainer.raw_model.set_state_dict(state['model'])
+    checkpoint.set_state_strictly(trainer.raw_model, state['model'], path)
     trainer.optimizer.set_state_dict(state['optimizer'])
     trainer.lr_scheduler.set_state_dict(state['lr_scheduler'])
     if state['scaler']:

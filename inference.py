@@ -16,7 +16,7 @@ import runtime  # before paddle: CPU threads and MKL path
 import paddle
 from paddle import nn
 
-from checkpoint import check_state_dict, is_deploy_form, read_state_dict
+from checkpoint import is_deploy_form, read_state_dict, set_state_strictly
 from config import UserError
 from datasets import CLASS_NAMES_FILE, DatasetError, resolve_data_path
 from repmlp import RepMLPNetUnit, build_repmlp
@@ -69,8 +69,7 @@ def load_model(config, path):
     state = read_state_dict(path)
     deploy = bool(is_deploy_form(state))
     model = build_repmlp(with_deploy(config, deploy))
-    check_state_dict(model, state, path)
-    model.set_state_dict(state)
+    set_state_strictly(model, state, path)
     model.eval()
     return model, deploy
 
@@ -81,8 +80,7 @@ def deploy_model(config, model):
     model.locality_injection()
     state = model.state_dict()
     deployed = build_repmlp(with_deploy(config, True))
-    check_state_dict(deployed, state, 'the injected model')
-    deployed.set_state_dict(state)
+    set_state_strictly(deployed, state, 'the injected model')
     deployed.eval()
     return deployed
 

@@ -107,6 +107,7 @@ def _host_copy(obj):
 
 JOB_WIDE_ERRORS = (PeerFailure, RanksDisagree, LostRank)
 
+
 class Heartbeat:
     """Each rank's pulse in the job's key-value store (the TCP store that rank 0 serves): a counter that a daemon
     thread raises every INTERVAL seconds. After a collective failed, `lost_ranks` tells the survivors which ranks
@@ -219,8 +220,9 @@ def check_parameters_agree(layer, when):
     """
     if get_world_size() == 1:
         return
-    names = [name for name, param in layer.named_parameters() if not param.stop_gradient]
-    sums = [zlib.crc32(param.numpy().tobytes()) for name, param in layer.named_parameters() if not param.stop_gradient]
+    trained = [(name, param) for name, param in layer.named_parameters() if not param.stop_gradient]
+    names = [name for name, _ in trained]
+    sums = [zlib.crc32(param.numpy().tobytes()) for _, param in trained]
     per_rank = gather_objects(sums)
     differing = {rank: [name for name, mine, main in zip(names, sums_of_rank, per_rank[0]) if mine != main]
                  for rank, sums_of_rank in enumerate(per_rank)}
